@@ -32,6 +32,7 @@ class RunParams:
     iterations: int = 3  # DPO rounds: M1 -> M(1+iterations); paper: 3 (M1 -> M4)
     results_dir: str = "results"
     torch_threads: int = 1  # one thread per process on a shared CPU (measured 6-70x faster here)
+    workers: int = 2  # (seed, arm) chains run in parallel, one process each
 
     def check(self) -> dict[str, str]:
         errors = {}
@@ -43,6 +44,8 @@ class RunParams:
             errors["arms"] = "lists an arm twice"
         if self.iterations < 1:
             errors["iterations"] = "must be >= 1"
+        if self.workers < 1:
+            errors["workers"] = "must be >= 1"
         if self.torch_threads < 0:
             errors["torch_threads"] = "must be >= 0 (0 = torch default)"
         if not self.name or "/" in self.name:
@@ -61,6 +64,8 @@ class TaskParams:
     test_max_steps: int = 5  # the held-out test includes problems longer than training
     max_operand: int = 50
     operations: tuple[str, ...] = ("+", "-", "*")
+    max_value: int = 999  # every intermediate value stays in [1, max_value]
+    max_factor: int = 5  # multiplication is by 2..max_factor
     n_ift: int = 2000
     n_eft: int = 2000
     n_eft_test: int = 500
@@ -83,6 +88,10 @@ class TaskParams:
             errors["test_max_steps"] = "must be >= max_steps"
         if self.max_operand < 2:
             errors["max_operand"] = "must be >= 2"
+        if self.max_value < self.max_operand:
+            errors["max_value"] = "must be >= max_operand"
+        if self.max_factor < 2:
+            errors["max_factor"] = "must be >= 2"
         bad_ops = [op for op in self.operations if op not in ("+", "-", "*")]
         if bad_ops or not self.operations:
             errors["operations"] = f"must be a non-empty subset of + - * (got {list(self.operations)})"

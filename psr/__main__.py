@@ -1,0 +1,5 @@
+import sys
+
+from psr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The SRLM baseline's preference data (Yuan et al. 2024; paper §5.1): whole solutions scored 1-5
+by the model itself.
+
+Per question: sample N solutions, have the same model score each one `n_score_repeats` times with
+the solution-scoring prompt (`Score: N`), average the parsed scores, and pair the best with the
+worst; equal scores give no pair. Like the step search, no gold answer is used. One JSON line per
+question (its pair or none, with all scores) makes the file resumable after a kill.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from psr.config import SRLMParams
+from psr.io import append_jsonl, read_jsonl
+from psr.prompts import Templates, chat_prompt, parse_score
+from psr.records import Question, SolutionPair
+
+
+@dataclass
+class SRLMQuestionResult:
+    id: str
+    scores: list[float | None]
+    pair: dict | None
+
+
+@dataclass
+class SRLMStats:
+    questions: int
+    pairs: int
+    ties: int
+    score_parse_rate: float  # percent of score outputs with a valid `Score: N`
+    mean_score: float
+    wall_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def srlm_pairs(
+    questions: list[Question],
+    generator,
+    templates: Templates,
+    tokenizer,
+    params: SRLMParams,
+    *,
+    iteration: int,
+    seed: int,
+    out_path: str | Path,
+    chunk_size: int = 32,
+    progress: bool = True,
+) -> SRLMStats:
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    done = {r.id for r in _read(out_path)}
+    todo = [q for q in questions if q.id not in done]
+    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="srlm pairs", disable=not progress)
+    for c in range(0, len(todo), chunk_size):
+        chunk = todo[c : c + chunk_size]
+        prompts = [chat_prompt(tokenizer, templates.reasoning_prompt(q.question)) for q in chunk]
+        solutions = generator.generate(
+            prompts, n=params.n_candidates, temperature=params.temperature, top_p=params.top_p,
+            max_new_tokens=params.max_new_tokens, stop=None, seed=_seed(seed, iteration, chunk[0].id, 0),
+        )
+        score_prompts = [
+            chat_prompt(tokenizer, templates.srlm_prompt(q.question, s.text.strip()))
+            for q, sols in zip(chunk, solutions)
+            for s in sols
+        ]
+        scored = generator.generate(
+            score_prompts, n=params.n_score_repeats, temperature=params.temperature, top_p=params.top_p,
+            max_new_tokens=params.score_max_new_tokens, stop=None, seed=_seed(seed, iteration, chunk[0].id, 1),
+        )
+        results = []
+        for qi, (q, sols) in enumerate(zip(chunk, solutions)):
+            rows = scored[qi * params.n_candidates : (qi + 1) * params.n_candidates]
+            raw = [[parse_score(r.text) for r in row] for row in rows]
+            results.append(_pair(q, [s.text.strip() for s in sols], raw, iteration))
+        append_jsonl(out_path, results)
+        bar.update(len(chunk))
+    bar.close()
+    return summarise(_read(out_path), questions, time.perf_counter() - start)
+
+
+def _seed(seed: int, iteration: int, first_id: str, part: int) -> int:
+    import zlib
+
+    return zlib.crc32(f"{seed}/{iteration}/{first_id}/{part}".encode()) & 0x7FFFFFFF
+
+
+def _pair(q: Question, texts: list[str], raw: list[list[float | None]], iteration: int) -> SRLMQuestionResult:
+    """Best vs worst mean score; ties (or fewer than two scored solutions) give no pair."""
+    means: list[float | None] = []
+    for scores in raw:
+        valid = [s for s in scores if s is not None]
+        means.append(statistics.fmean(valid) if valid else None)
+    scored = [(m, i) for i, m in enumerate(means) if m is not None]
+    pair = None
+    if len(scored) >= 2:
+        best = max(scored, key=lambda t: (t[0], -t[1]))
+        worst = min(scored, key=lambda t: (t[0], t[1]))
+        if best[0] > worst[0] and texts[best[1]] != texts[worst[1]]:
+            pair = asdict(
+                SolutionPair(
+                    id=q.id, question=q.question, chosen=texts[best[1]], rejected=texts[worst[1]],
+                    chosen_score=best[0], rejected_score=worst[0], iteration=iteration,
+                )
+            )
+    return SRLMQuestionResult(id=q.id, scores=[round(m, 4) if m is not None else None for m in means], pair=pair)
+
+
+def _read(path: Path) -> list[SRLMQuestionResult]:
+    return read_jsonl(path, SRLMQuestionResult) if path.exists() else []
+
+
+def load_pairs(path: str | Path) -> list[SolutionPair]:
+    return [SolutionPair(**r.pair) for r in _read(Path(path)) if r.pair]
+
+
+def summarise(results: list[SRLMQuestionResult], questions: list[Question], wall_s: float) -> SRLMStats:
+    wanted = {q.id for q in questions}
+    results = [r for r in results if r.id in wanted]
+    all_scores = [s for r in results for s in r.scores]
+    valid = [s for s in all_scores if s is not None]
+    return SRLMStats(
+        questions=len(results),
+        pairs=sum(r.pair is not None for r in results),
+        ties=sum(r.pair is None for r in results),
+        score_parse_rate=round(100.0 * len(valid) / len(all_scores), 2) if all_scores else 0.0,
+        mean_score=round(statistics.fmean(valid), 3) if valid else 0.0,
+        wall_s=round(wall_s, 2),
+    )

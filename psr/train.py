@@ -1,0 +1,494 @@
+"""Warm-up SFT (M0 -> M1) and step-wise DPO (Mk -> Mk+1) as configuration of TRL's trainers.
+
+Text layout (the contract in `psr.prompts`/`psr.steps`):
+- policy SFT: prompt = chat_prompt(reasoning_prompt(q)), completion = join_steps(steps) + EOS
+- judge SFT:  prompt = chat_prompt(judge_prompt(q, prev, a, b)), completion = judgment + EOS
+- step DPO:   prompt = chat_prompt(reasoning_prompt(q)) + prefix_text(prev),
+              chosen/rejected = "Step k: content" + ("\\n" if the step is not final else EOS)
+
+EOS: we write it into the text ourselves, where it belongs, and make TRL respect the text:
+- SFTTrainer (1.16) appends EOS to a completion only if it does not already end with it, so a
+  completion that carries our EOS gets exactly one (tested).
+- DPOTrainer (1.16) appends EOS to *every* chosen/rejected that lacks it and has no switch for
+  that. A non-final step must not end in EOS (the solution goes on; Step-DPO also leaves it out).
+  `StepDPOTrainer` overrides the one hook TRL exposes for data preparation, `_prepare_dataset`:
+  it notes which texts ended with EOS *before* TRL touches them, lets TRL prepare the data
+  unchanged, then removes the one EOS id TRL appended to the others (and fails loudly if TRL ever
+  stops appending it, so a TRL change cannot silently alter the loss).
+
+Adapters (`params.model.adapter`):
+- none:  full fine-tuning; the model directory holds full weights.
+- lora:  LoRA on a full-precision base, merged into the weights on save (`merge_and_unload`), so
+         every M_k is a plain directory and the next round starts from it with a fresh adapter.
+- qlora: the base stays 4-bit NF4 and is never rewritten, so M_k = base + adapter: the directory
+         holds the adapter (its `adapter_config.json` names the base by absolute path) and the next
+         round loads that adapter and continues training it. `psr.models.load_policy` loads it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from psr import lineage
+from psr.config import Params
+from psr.models import build_tiny_model, is_adapter_dir, load_model, load_policy, set_threads
+from psr.prompts import Templates, chat_prompt
+from psr.records import EFTRecord, IFTRecord, PPDPair, SolutionPair, SRLMEFTRecord
+from psr.steps import join_steps, prefix_text, render_step
+
+LOG_POINTS = 50  # aim for about this many logged points per training curve
+
+
+# ---------------------------------------------------------------------------------------------
+# Data builders
+# ---------------------------------------------------------------------------------------------
+
+
+def _eos(tokenizer) -> str:
+    if not tokenizer.eos_token:
+        raise ValueError("tokenizer has no eos_token; the SFT/DPO targets need one to mark the end")
+    return tokenizer.eos_token
+
+
+def _policy_examples(ift: Sequence[IFTRecord], templates: Templates, tokenizer) -> list[dict[str, str]]:
+    eos = _eos(tokenizer)
+    out = []
+    for r in ift:
+        if not r.steps:
+            raise ValueError(f"IFT record {r.id!r} has no steps")
+        out.append(
+            {"prompt": chat_prompt(tokenizer, templates.reasoning_prompt(r.question)), "completion": join_steps(r.steps) + eos}
+        )
+    return out
+
+
+def sft_examples(
+    ift: Sequence[IFTRecord], eft: Sequence[EFTRecord], templates: Templates, tokenizer
+) -> list[dict[str, str]]:
+    """The warm-up mix: policy examples from IFT, then step-judge examples from EFT."""
+    eos = _eos(tokenizer)
+    out = _policy_examples(ift, templates, tokenizer)
+    for r in eft:
+        prompt = templates.judge_prompt(r.question, list(r.previous_steps), r.step_a, r.step_b)
+        out.append({"prompt": chat_prompt(tokenizer, prompt), "completion": r.judgment + eos})
+    return out
+
+
+def srlm_sft_examples(
+    ift: Sequence[IFTRecord], srlm_eft: Sequence[SRLMEFTRecord], templates: Templates, tokenizer
+) -> list[dict[str, str]]:
+    """The SRLM baseline's warm-up mix: IFT plus whole-solution 1-5 scoring examples."""
+    eos = _eos(tokenizer)
+    out = _policy_examples(ift, templates, tokenizer)
+    for r in srlm_eft:
+        prompt = templates.srlm_prompt(r.question, r.response)
+        out.append({"prompt": chat_prompt(tokenizer, prompt), "completion": r.judgment + eos})
+    return out
+
+
+def step_dpo_examples(pairs: Sequence[PPDPair], templates: Templates, tokenizer) -> list[dict[str, str]]:
+    """One example per step pair: the prompt is the question plus the earlier steps, chosen and
+    rejected are single steps numbered k = len(previous_steps) + 1; only a final step ends in EOS."""
+    eos = _eos(tokenizer)
+    out = []
+    for p in pairs:
+        k = len(p.previous_steps) + 1
+        prompt = chat_prompt(tokenizer, templates.reasoning_prompt(p.question)) + prefix_text(list(p.previous_steps))
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": render_step(k, p.chosen) + (eos if p.is_final else "\n"),
+                "rejected": render_step(k, p.rejected) + (eos if p.rejected_is_final else "\n"),
+            }
+        )
+    return out
+
+
+def solution_dpo_examples(pairs: Sequence[SolutionPair], templates: Templates, tokenizer) -> list[dict[str, str]]:
+    """The SRLM arm: whole solutions, which always end in EOS."""
+    eos = _eos(tokenizer)
+    return [
+        {
+            "prompt": chat_prompt(tokenizer, templates.reasoning_prompt(p.question)),
+            "chosen": p.chosen + eos,
+            "rejected": p.rejected + eos,
+        }
+        for p in pairs
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The one TRL hook: EOS only where the text has it
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_dpo_trainer_class():
+    """Built lazily so that importing psr.train does not import TRL (slow)."""
+    from trl import DPOTrainer
+
+    class StepDPOTrainer(DPOTrainer):
+        """TRL's DPOTrainer, except that chosen/rejected end in EOS only when the given text does."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            eos = self._tokenizer.eos_token
+            dataset = dataset.map(
+                _mark_eos, fn_kwargs={"eos": eos}, desc=f"Noting EOS in {dataset_name} dataset"
+            )
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return dataset.map(
+                _drop_added_eos,
+                fn_kwargs={"eos_id": self._tokenizer.eos_token_id},
+                remove_columns=["chosen_has_eos", "rejected_has_eos"],
+                desc=f"Removing EOS from non-final steps in {dataset_name} dataset",
+            )
+
+    return StepDPOTrainer
+
+
+def _mark_eos(example: dict, eos: str) -> dict:
+    return {"chosen_has_eos": example["chosen"].endswith(eos), "rejected_has_eos": example["rejected"].endswith(eos)}
+
+
+def _drop_added_eos(example: dict, eos_id: int) -> dict:
+    out = {}
+    for side in ("chosen", "rejected"):
+        ids = example[f"{side}_ids"]
+        if not example[f"{side}_has_eos"]:
+            if not ids or ids[-1] != eos_id:
+                raise RuntimeError(
+                    f"expected TRL to have appended EOS ({eos_id}) to the {side} text, found {ids[-3:]}; "
+                    "TRL's DPO data preparation changed — revisit psr.train.StepDPOTrainer"
+                )
+            out[f"{side}_ids"] = ids[:-1]
+    return out
+
+
+def prepare_dpo_dataset(examples: Sequence[dict[str, str]], tokenizer, max_length: int = 2048):
+    """The token ids DPOTrainer trains on for these examples (what the loss sees), without a model:
+    for tests and for inspecting the prompt/step boundary."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    cls = _step_dpo_trainer_class()
+    shim = cls.__new__(cls)  # only `_tokenizer` is read by _prepare_dataset; no model is built
+    shim._tokenizer = tokenizer
+    args = DPOConfig(output_dir="/tmp/psr-unused", max_length=max_length, report_to="none", bf16=False, use_cpu=True)
+    return cls._prepare_dataset(shim, Dataset.from_list(list(examples)), tokenizer, args, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _common_args(section, n_examples: int, out: Path, seed: int, params: Params) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO, from a WarmupParams/DPOParams section."""
+    accum = section.batch_size // section.per_device_batch_size
+    per_epoch = math.ceil(math.ceil(n_examples / section.per_device_batch_size) / accum)
+    total = section.max_steps if section.max_steps > 0 else max(1, math.ceil(per_epoch * section.epochs))
+    bf16 = _on_gpu() and torch.cuda.is_bf16_supported()
+    return dict(
+        output_dir=str(out),
+        num_train_epochs=section.epochs,
+        max_steps=section.max_steps,
+        learning_rate=section.learning_rate,
+        per_device_train_batch_size=section.per_device_batch_size,
+        gradient_accumulation_steps=accum,
+        lr_scheduler_type=section.lr_scheduler,
+        warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        weight_decay=section.weight_decay,
+        max_length=section.max_length,
+        logging_steps=max(1, total // LOG_POINTS),
+        logging_first_step=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,  # progress bars stay visible in notebooks
+        bf16=bf16,  # never on CPU: bf16 autocast there is slow and TRL turns it on by default
+        gradient_checkpointing=params.model.gradient_checkpointing,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def _lora_config(params: Params):
+    from peft import LoraConfig
+
+    lp = params.model.lora
+    target = lp.target_modules if isinstance(lp.target_modules, str) else list(lp.target_modules)
+    return LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=target, task_type="CAUSAL_LM")
+
+
+def _prepare_adapter(model, params: Params):
+    """(model, peft_config) for the trainer: a new LoRA unless the model already carries an adapter
+    (a QLoRA M_k, whose adapter training continues)."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    if params.model.adapter == "none" or isinstance(model, PeftModel):
+        return model, None
+    if params.model.adapter == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.model.gradient_checkpointing)
+    return model, _lora_config(params)
+
+
+def _fp32_adapters(model) -> None:
+    """TRL casts a quantised model's trainable adapter weights to bf16 (QLoRA paper). With the
+    paper's learning rates (1e-6, 5e-7) a bf16 weight cannot represent the update (its spacing
+    near 0.01 is ~4e-5), so training would silently do nothing: keep fp32 master weights."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def _base_of(path: str | Path) -> str:
+    """An adapter's base as an absolute path (or a hub name as given)."""
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else str(path)
+
+
+def _save(model, tokenizer, out: Path, params: Params, base: str | None) -> str:
+    """Save the trained model into `out`; returns what the directory holds ('full' or 'adapter')."""
+    import json
+
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and params.model.adapter == "qlora":
+        model.save_pretrained(str(out), selected_adapters=["default"])
+        cfg_path = out / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        if base is None:
+            raise ValueError("an adapter directory needs the base model's path")
+        cfg["base_model_name_or_path"] = base
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        kind = "adapter"
+    else:
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload(adapter_names=["default"])
+        model.save_pretrained(str(out))
+        kind = "full"
+    tokenizer.save_pretrained(str(out))
+    return kind
+
+
+def _adapter_base(start: str | Path | None) -> str | None:
+    """The 4-bit base an adapter trained from `start` refers to: the base of `start` when it is an
+    adapter directory (training continues on it), else `start` itself."""
+    import json
+
+    if start is None:
+        return None
+    if is_adapter_dir(start):
+        return json.loads((Path(start) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return _base_of(start)
+
+
+def _metrics(log_history: list[dict], train_output) -> dict[str, Any]:
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    out: dict[str, Any] = {
+        "train_loss_final": losses[-1] if losses else None,
+        "train_loss_mean": train_output.training_loss,
+        "global_steps": train_output.global_step,
+        **{k: v for k, v in train_output.metrics.items() if isinstance(v, (int, float))},
+    }
+    for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
+        vals = [h[key] for h in log_history if key in h]
+        if vals:
+            out[key + "_first"] = vals[0]
+            out[key + "_final"] = vals[-1]
+    return out
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return lineage.sha256_json([text, tokenizer.chat_template or ""])[:16]
+
+
+def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sources=None) -> dict[str, Any]:
+    """What `warmup_sft` depends on; equal inputs mean the finished directory can be reused."""
+    return {
+        "stage": "warmup_sft",
+        "base": "tiny-random" if base is None else lineage.model_identity(base),
+        "tokenizer": _tokenizer_hash(tokenizer) if base is None else None,
+        "examples": lineage.sha256_json(list(examples)),
+        "n_examples": len(examples),
+        "data_files": lineage.file_hashes(sources),
+        "params": params.digest("model", "warmup"),
+        "seed": seed,
+    }
+
+
+def dpo_inputs(params: Params, model_dir, examples, *, ref_dir=None, seed: int, sources=None) -> dict[str, Any]:
+    return {
+        "stage": "step_dpo",
+        "parent": lineage.model_identity(model_dir),
+        "reference": lineage.model_identity(ref_dir if ref_dir is not None else model_dir),
+        "examples": lineage.sha256_json(list(examples)),
+        "n_examples": len(examples),
+        "data_files": lineage.file_hashes(sources),
+        "params": params.digest("model", "dpo"),
+        "seed": seed,
+    }
+
+
+def _start(params: Params, seed: int) -> float:
+    from transformers import set_seed
+
+    if not _on_gpu():
+        set_threads(params.run.torch_threads)
+    lineage.reset_cuda_peak()
+    set_seed(seed)
+    return time.perf_counter()
+
+
+def warmup_sft(
+    params: Params,
+    examples: Sequence[dict[str, str]],
+    out_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    tokenizer=None,
+    seed: int = 0,
+    sources: dict[str, str | Path] | None = None,
+    callbacks: list | None = None,
+) -> Path:
+    """M0 -> M1: one SFT run (loss on the completion only) on prompt/completion examples.
+
+    `base=None` builds the tiny random model from `params.model` (needs `tokenizer`); otherwise the
+    base is loaded with `load_policy(base, params.model, trainable=True)`. `sources` names the data
+    files the examples came from (their hashes go into the manifest). Returns `out_dir`; returns
+    at once when it already holds a finished model made from the same inputs."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir = Path(out_dir)
+    if not examples:
+        raise ValueError("warmup_sft: no training examples")
+    if base is None and tokenizer is None:
+        raise ValueError("warmup_sft: base=None builds a tiny model and needs the tokenizer")
+    if base is None and params.model.adapter != "none":
+        raise ValueError(
+            "warmup_sft: LoRA/QLoRA needs a saved base model directory (base=...); "
+            "the tiny random model is trained in full (model.adapter: none)"
+        )
+    inputs = sft_inputs(params, examples, base=base, tokenizer=tokenizer, seed=seed, sources=sources)
+    if lineage.is_complete(out_dir, inputs):
+        return out_dir
+
+    t0 = _start(params, seed)
+    if base is None:
+        model = build_tiny_model(params.model, tokenizer, seed)
+    else:
+        model, loaded_tok = load_policy(base, params.model, trainable=True)
+        tokenizer = tokenizer or loaded_tok
+    model, peft_config = _prepare_adapter(model, params)
+    with lineage.staging(out_dir) as tmp:
+        args = SFTConfig(**_common_args(params.warmup, len(examples), tmp, seed, params), completion_only_loss=True)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(list(examples)),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+        _fp32_adapters(trainer.model)
+        result = trainer.train()
+        kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(base))
+        lineage.write_manifest(
+            tmp,
+            stage="warmup_sft",
+            inputs=inputs,
+            parent=None if base is None else str(base),
+            content=kind,
+            metrics=_metrics(trainer.state.log_history, result),
+            log_history=trainer.state.log_history,
+            wall_time_s=round(time.perf_counter() - t0, 2),
+            memory=lineage.peak_memory(),
+            device="cuda" if _on_gpu() else "cpu",
+        )
+    return out_dir
+
+
+def step_dpo(
+    params: Params,
+    model_dir: str | Path,
+    examples: Sequence[dict[str, str]],
+    out_dir: str | Path,
+    *,
+    ref_dir: str | Path | None = None,
+    seed: int = 0,
+    sources: dict[str, str | Path] | None = None,
+    callbacks: list | None = None,
+) -> Path:
+    """M_k -> M_k+1: DPO on (prompt, chosen, rejected) examples — single steps for PSRLM
+    (`step_dpo_examples`), whole solutions for the SRLM arm (`solution_dpo_examples`).
+
+    The reference is `ref_dir`, or the starting model `model_dir` when None (the paper's default,
+    `dpo.reference: previous`); for `dpo.reference: m1` the caller passes M1's directory.
+    `dpo.nll_weight > 0` adds TRL's "sft" loss (mean NLL of the chosen tokens, which is what
+    `rpo_alpha` did before TRL 1.0) with that weight. Returns `out_dir`, at once when finished."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    out_dir = Path(out_dir)
+    if not examples:
+        raise ValueError("step_dpo: no training pairs")
+    inputs = dpo_inputs(params, model_dir, examples, ref_dir=ref_dir, seed=seed, sources=sources)
+    if lineage.is_complete(out_dir, inputs):
+        return out_dir
+
+    t0 = _start(params, seed)
+    model, tokenizer = load_policy(model_dir, params.model, trainable=True)
+    model, peft_config = _prepare_adapter(model, params)
+    same_ref = ref_dir is None or Path(ref_dir).resolve() == Path(model_dir).resolve()
+    ref_model = None
+    if not same_ref:
+        ref_model = load_model(ref_dir, params.model, trainable=False)
+    elif peft_config is None and not is_adapter_dir(model_dir):
+        # Full fine-tuning: an explicit frozen copy of the start model (with an adapter, TRL
+        # gets the start model by disabling the new adapter, or from a copy of a loaded one).
+        ref_model = load_model(model_dir, params.model, trainable=False)
+    dpo = params.dpo
+    loss = dict(loss_type=["sigmoid"])
+    if dpo.nll_weight > 0:
+        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
+    with lineage.staging(out_dir) as tmp:
+        args = DPOConfig(**_common_args(dpo, len(examples), tmp, seed, params), beta=dpo.beta, **loss)
+        trainer = _step_dpo_trainer_class()(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=Dataset.from_list(list(examples)),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+        _fp32_adapters(trainer.model)
+        result = trainer.train()
+        kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(model_dir))
+        lineage.write_manifest(
+            tmp,
+            stage="step_dpo",
+            inputs=inputs,
+            parent=str(model_dir),
+            reference=str(ref_dir if ref_dir is not None else model_dir),
+            content=kind,
+            metrics=_metrics(trainer.state.log_history, result),
+            log_history=trainer.state.log_history,
+            wall_time_s=round(time.perf_counter() - t0, 2),
+            memory=lineage.peak_memory(),
+            device="cuda" if _on_gpu() else "cpu",
+        )
+    return out_dir
