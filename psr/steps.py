@@ -81,7 +81,10 @@ def segment_solution(solution: str, max_sentences_per_step: int = 2) -> list[str
     steps without changing its content: split on line breaks, then split long paragraphs at
     sentence ends, grouping up to `max_sentences_per_step` sentences. Display math blocks and
     GSM8K calculator annotations stay inside their sentence. The final `#### N` line of GSM8K
-    becomes a `\\boxed{N}` step (the only rewrite, since the format requires `\\boxed{}`)."""
+    becomes a `\\boxed{N}` step (the only rewrite, since the format requires `\\boxed{}`).
+    A LaTeX environment (`\\begin{align*}` ... `\\end{align*}`) is never cut, and everything from
+    the first `\\boxed{}` step on is one final step: a search stops at the first boxed step, so a
+    remark after the answer (about 1 in 10 MATH solutions) must not become a step of its own."""
     if not solution or not solution.strip():
         raise StepFormatError("empty solution")
     text = solution.strip()
@@ -92,31 +95,45 @@ def segment_solution(solution: str, max_sentences_per_step: int = 2) -> list[str
         text = text[: m.start()].rstrip()
     steps: list[str] = []
     for para in _paragraphs(text):
-        sentences = _SENTENCE_END.split(para)
-        for i in range(0, len(sentences), max_sentences_per_step):
-            chunk = " ".join(s.strip() for s in sentences[i : i + max_sentences_per_step]).strip()
-            if chunk:
-                steps.append(chunk)
+        chunk: list[str] = []
+        for sentence in _SENTENCE_END.split(para):
+            chunk.append(sentence.strip())
+            if len(chunk) >= max_sentences_per_step and not _is_open(" ".join(chunk)):
+                steps.append(" ".join(chunk).strip())
+                chunk = []
+        if " ".join(chunk).strip():
+            steps.append(" ".join(chunk).strip())
     if final is not None:
         steps.append(f"The answer is \\boxed{{{final}}}.")
     if not steps:
         raise StepFormatError("solution has no content")
+    finals = [i for i, step in enumerate(steps) if is_final(step)]
+    if finals and finals[0] < len(steps) - 1:
+        steps[finals[0] :] = [" ".join(steps[finals[0] :])]
     return steps
 
 
+_ENV_OPEN = re.compile(r"\\begin\{")
+_ENV_CLOSE = re.compile(r"\\end\{")
+
+
+def _is_open(text: str) -> bool:
+    """Inside an unfinished `$$`, `\\[` or `\\begin{...}` block (cutting there would split the math)."""
+    return (
+        text.count("$$") % 2 == 1
+        or text.count("\\[") > text.count("\\]")
+        or len(_ENV_OPEN.findall(text)) > len(_ENV_CLOSE.findall(text))
+    )
+
+
 def _paragraphs(text: str) -> list[str]:
-    """Lines, but a `$$ ... $$` / `\\[ ... \\]` display block spanning lines stays one paragraph."""
+    """Lines, but a `$$ ... $$` / `\\[ ... \\]` / `\\begin{..} ... \\end{..}` block spanning lines
+    stays one paragraph."""
     out: list[str] = []
     buf: list[str] = []
-    in_dollars = False
-    bracket_depth = 0
     for line in text.split("\n"):
         buf.append(line.strip())
-        if line.count("$$") % 2:
-            in_dollars = not in_dollars
-        bracket_depth += line.count("\\[") - line.count("\\]")
-        if not in_dollars and bracket_depth <= 0:
-            bracket_depth = 0
+        if not _is_open(" ".join(buf)):
             joined = " ".join(buf).strip()
             if joined:
                 out.append(joined)

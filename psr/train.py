@@ -168,19 +168,6 @@ def _drop_added_eos(example: dict, eos_id: int) -> dict:
     return out
 
 
-def prepare_dpo_dataset(examples: Sequence[dict[str, str]], tokenizer, max_length: int = 2048):
-    """The token ids DPOTrainer trains on for these examples (what the loss sees), without a model:
-    for tests and for inspecting the prompt/step boundary."""
-    from datasets import Dataset
-    from trl import DPOConfig
-
-    cls = _step_dpo_trainer_class()
-    shim = cls.__new__(cls)  # only `_tokenizer` is read by _prepare_dataset; no model is built
-    shim._tokenizer = tokenizer
-    args = DPOConfig(output_dir="/tmp/psr-unused", max_length=max_length, report_to="none", bf16=False, use_cpu=True)
-    return cls._prepare_dataset(shim, Dataset.from_list(list(examples)), tokenizer, args, "train")
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +296,51 @@ def _metrics(log_history: list[dict], train_output) -> dict[str, Any]:
     return out
 
 
+def build_sft_trainer(params: Params, model, tokenizer, examples, output_dir, *, peft_config=None, seed=0, callbacks=None):
+    """TRL's SFTTrainer configured from `params.warmup` (prompt/completion data, loss on the
+    completion only). Exposed so tests and notebooks can inspect the prepared dataset."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**_common_args(params.warmup, len(examples), Path(output_dir), seed, params), completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(list(examples)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    _fp32_adapters(trainer.model)
+    return trainer
+
+
+def build_dpo_trainer(
+    params: Params, model, tokenizer, examples, output_dir, *, ref_model=None, peft_config=None, seed=0, callbacks=None
+):
+    """`StepDPOTrainer` configured from `params.dpo`. `dpo.nll_weight > 0` adds TRL's "sft" loss
+    (mean NLL of the chosen tokens: what `rpo_alpha` did before TRL 1.0) with that weight."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    dpo = params.dpo
+    loss: dict[str, Any] = dict(loss_type=["sigmoid"])
+    if dpo.nll_weight > 0:
+        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
+    args = DPOConfig(**_common_args(dpo, len(examples), Path(output_dir), seed, params), beta=dpo.beta, **loss)
+    trainer = _step_dpo_trainer_class()(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=Dataset.from_list(list(examples)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    _fp32_adapters(trainer.model)
+    return trainer
+
+
 def _tokenizer_hash(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
@@ -369,9 +401,6 @@ def warmup_sft(
     base is loaded with `load_policy(base, params.model, trainable=True)`. `sources` names the data
     files the examples came from (their hashes go into the manifest). Returns `out_dir`; returns
     at once when it already holds a finished model made from the same inputs."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("warmup_sft: no training examples")
@@ -394,16 +423,9 @@ def warmup_sft(
         tokenizer = tokenizer or loaded_tok
     model, peft_config = _prepare_adapter(model, params)
     with lineage.staging(out_dir) as tmp:
-        args = SFTConfig(**_common_args(params.warmup, len(examples), tmp, seed, params), completion_only_loss=True)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(list(examples)),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
+        trainer = build_sft_trainer(
+            params, model, tokenizer, examples, tmp, peft_config=peft_config, seed=seed, callbacks=callbacks
         )
-        _fp32_adapters(trainer.model)
         result = trainer.train()
         kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(base))
         lineage.write_manifest(
@@ -437,11 +459,7 @@ def step_dpo(
 
     The reference is `ref_dir`, or the starting model `model_dir` when None (the paper's default,
     `dpo.reference: previous`); for `dpo.reference: m1` the caller passes M1's directory.
-    `dpo.nll_weight > 0` adds TRL's "sft" loss (mean NLL of the chosen tokens, which is what
-    `rpo_alpha` did before TRL 1.0) with that weight. Returns `out_dir`, at once when finished."""
-    from datasets import Dataset
-    from trl import DPOConfig
-
+    Returns `out_dir`, at once when it already holds a finished model from the same inputs."""
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("step_dpo: no training pairs")
@@ -460,22 +478,11 @@ def step_dpo(
         # Full fine-tuning: an explicit frozen copy of the start model (with an adapter, TRL
         # gets the start model by disabling the new adapter, or from a copy of a loaded one).
         ref_model = load_model(model_dir, params.model, trainable=False)
-    dpo = params.dpo
-    loss = dict(loss_type=["sigmoid"])
-    if dpo.nll_weight > 0:
-        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
     with lineage.staging(out_dir) as tmp:
-        args = DPOConfig(**_common_args(dpo, len(examples), tmp, seed, params), beta=dpo.beta, **loss)
-        trainer = _step_dpo_trainer_class()(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            train_dataset=Dataset.from_list(list(examples)),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
+        trainer = build_dpo_trainer(
+            params, model, tokenizer, examples, tmp,
+            ref_model=ref_model, peft_config=peft_config, seed=seed, callbacks=callbacks,
         )
-        _fp32_adapters(trainer.model)
         result = trainer.train()
         kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(model_dir))
         lineage.write_manifest(

@@ -18,8 +18,8 @@ a judge that re-computes *after* reading both candidates copies one of them. So 
 first states what the next step must be, derived from the context alone, then compares each
 candidate's claim with it:
 
-    Next: 45 + 23 = 68. A: 68 ok. B: 67 wrong. [[A]]
-    Next: answer 168. A: answer 186 wrong. B: answer 168 ok. [[B]]
+    Next: 45 + 23 = 68. A: 68 ok. B: 67 no. [[A]]
+    Next: answer 168. A: answer 186 no. B: answer 168 ok. [[B]]
 
 The `Next:` part is exactly the work a policy does for one step (read the previous result and
 the k-th sentence of the question; one operation), so judging costs one generation plus two
@@ -343,8 +343,8 @@ def judgment_text(expected: str, step_a: str, step_b: str) -> tuple[str, str]:
     if ok_a == ok_b:
         raise ValueError(f"need exactly one correct step, got A ok={ok_a}, B ok={ok_b}")
     verdict = "A" if ok_a else "B"
-    text = (f"{_expected_line(expected)} A: {claim(step_a)} {'ok' if ok_a else 'wrong'}. "
-            f"B: {claim(step_b)} {'ok' if ok_b else 'wrong'}. [[{verdict}]]")
+    text = (f"{_expected_line(expected)} A: {claim(step_a)} {'ok' if ok_a else 'no'}. "
+            f"B: {claim(step_b)} {'ok' if ok_b else 'no'}. [[{verdict}]]")
     return text, verdict
 
 
@@ -361,7 +361,7 @@ def srlm_judgment(question: str, steps: list[str]) -> tuple[str, int]:
     for j, ref_step in enumerate(ref):
         if j >= len(steps) or claim(steps[j]) != claim(ref_step):
             score = 2 if j < len(ref) / 2 else 3
-            checks.append(f"no, expected {claim(ref_step)}")
+            checks.append(f"no, expected {claim(ref_step).removeprefix('answer ')}")
             return f"Check: {' '.join(checks)}. Score: {score}", score
         checks.append("ok")
     return f"Check: {' '.join(checks)}. Score: 5", 5

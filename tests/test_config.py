@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from psr.config import ConfigError, Params, load
+
+TINY = Path(__file__).resolve().parent.parent / "params" / "tiny.yaml"
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "preset.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_tiny_preset_loads_with_typed_values():
+    p = load(TINY)
+    assert isinstance(p, Params)
+    assert p.search.width == 6 and p.search.temperature == 0.5
+    assert isinstance(p.run.seeds, tuple) and p.source == str(TINY)
+
+
+def test_overrides_are_applied_and_typed():
+    p = load(TINY, ["search.width=4", "dpo.beta=0.3", "run.seeds=[1, 2]", "prompts.style=paper"])
+    assert p.search.width == 4 and p.dpo.beta == 0.3 and p.run.seeds == (1, 2)
+    assert p.prompts.style == "paper"
+
+
+def test_params_are_frozen():
+    p = load(TINY)
+    with pytest.raises(Exception):
+        p.search.width = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("search:\n  widht: 4\n", "search.widht"),
+        ("serch:\n  width: 4\n", "'serch'"),
+        ("search:\n  width: 1\n", "search.width"),
+        ("search:\n  temperature: -0.1\n", "search.temperature"),
+        ("search:\n  width: four\n", "search.width"),
+        ("dpo:\n  beta: true\n", "dpo.beta"),
+        ("model:\n  lora:\n    rr: 3\n", "model.lora.rr"),
+        ("run:\n  arms: [psrlm, other]\n", "run.arms"),
+        ("search: [1, 2]\n", "search"),
+        ("- just\n- a list\n", "top level"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert needle in str(e.value) and str(path) in str(e.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load(write(tmp_path, "search: [unclosed\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_bad_override_syntax_and_key():
+    with pytest.raises(ConfigError, match="key=value"):
+        load(TINY, ["search.width"])
+    with pytest.raises(ConfigError, match="search.nope"):
+        load(TINY, ["search.nope=3"])
+
+
+def test_cli_with_misspelled_key_fails_before_writing_anything(tmp_path, monkeypatch):
+    from psr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    preset = write(tmp_path, f"run:\n  name: x\n  results_dir: {tmp_path / 'results'}\nsearch:\n  widht: 3\n")
+    assert main(["run", str(preset)]) == 2
+    assert not (tmp_path / "results").exists()
+
+
+def test_digest_is_stable_and_section_sensitive():
+    a, b = load(TINY), load(TINY, ["search.width=5"])
+    assert a.digest() == load(TINY).digest()
+    assert a.digest() != b.digest()
+    assert a.digest("dpo") == b.digest("dpo") and a.digest("search") != b.digest("search")
+
+
+def test_replace_validates():
+    p = load(TINY)
+    assert p.replace({"search.width": 3}).search.width == 3
+    with pytest.raises(ConfigError):
+        p.replace({"search.width": 0})
