@@ -33,6 +33,9 @@ class RunParams:
     results_dir: str = "results"
     torch_threads: int = 1  # one thread per process on a shared CPU (measured 6-70x faster here)
     workers: int = 2  # (seed, arm) chains run in parallel, one process each
+    # multi-GPU training: an accelerate config file (e.g. DeepSpeed ZeRO-3), relative to the
+    # preset file; empty = one process
+    accelerate_config: str = ""
 
     def check(self) -> dict[str, str]:
         errors = {}
@@ -196,9 +199,12 @@ class SearchParams:
     keep_unfinished: bool = False
     max_tokens_per_batch: int = 32768
     backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: int = 1  # vLLM: GPUs one engine shards the model over (backend=vllm)
 
     def check(self) -> dict[str, str]:
         errors = {}
+        if self.tensor_parallel_size < 1:
+            errors["tensor_parallel_size"] = "must be >= 1"
         if self.width < 2:
             errors["width"] = "must be >= 2 (pairwise judging needs two candidates)"
         if self.temperature < 0:
@@ -322,6 +328,15 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     source: str = ""  # the preset file this came from (set by load)
 
+    def check(self) -> dict[str, str]:
+        """Checks across sections."""
+        errors = {}
+        if len(self.task.questions_per_iteration) < self.run.iterations:
+            errors["task.questions_per_iteration"] = (
+                f"needs one pool size per iteration (run.iterations is {self.run.iterations})"
+            )
+        return errors
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -432,7 +447,10 @@ def _build_dataclass(cls: type, raw: Any, source: str, prefix: str) -> Any:
     check = getattr(obj, "check", None)
     if check:
         for key, msg in check().items():
-            raise ConfigError(f"{source}: {prefix}{key} {msg} (got {getattr(obj, key)!r})")
+            got = obj
+            for part in key.split("."):
+                got = getattr(got, part)
+            raise ConfigError(f"{source}: {prefix}{key} {msg} (got {got!r})")
     return obj
 
 

@@ -89,3 +89,8 @@ def test_replace_validates():
     assert p.replace({"search.width": 3}).search.width == 3
     with pytest.raises(ConfigError):
         p.replace({"search.width": 0})
+
+
+def test_pools_must_cover_every_iteration():
+    with pytest.raises(ConfigError, match="task.questions_per_iteration"):
+        load(TINY, ["run.iterations=4"])

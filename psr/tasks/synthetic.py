@@ -48,7 +48,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 from psr.config import TaskParams
 from psr.io import read_jsonl, write_jsonl
@@ -56,7 +56,6 @@ from psr.prompts import Templates
 from psr.records import EFTRecord, IFTRecord, Problem, Question, SRLMEFTRecord
 from psr.steps import join_steps
 
-ErrorKind = Literal["arithmetic", "operand", "operation", "premature", "final"]
 ERROR_KINDS: tuple[str, ...] = ("arithmetic", "operand", "operation", "premature", "final")
 # Weights for a non-final judged step; a final step always gets `final`.
 ERROR_WEIGHTS: dict[str, float] = {"arithmetic": 0.4, "operand": 0.2, "operation": 0.2, "premature": 0.2}
