@@ -94,7 +94,7 @@ def segment_solution(solution: str, max_sentences_per_step: int = 2) -> list[str
         final = m.group(1).replace(",", "")
         text = text[: m.start()].rstrip()
     steps: list[str] = []
-    for para in _paragraphs(text):
+    for para in _join_lead_ins(_paragraphs(text)):
         chunk: list[str] = []
         for sentence in _SENTENCE_END.split(para):
             chunk.append(sentence.strip())
@@ -118,12 +118,29 @@ _ENV_CLOSE = re.compile(r"\\end\{")
 
 
 def _is_open(text: str) -> bool:
-    """Inside an unfinished `$$`, `\\[` or `\\begin{...}` block (cutting there would split the math)."""
+    """Inside an unfinished `$$`, `\\[`, `\\begin{...}` or Asymptote `[asy]` block (cutting there
+    would split the math or the figure code)."""
     return (
         text.count("$$") % 2 == 1
         or text.count("\\[") > text.count("\\]")
         or len(_ENV_OPEN.findall(text)) > len(_ENV_CLOSE.findall(text))
+        or text.count("[asy]") > text.count("[/asy]")
     )
+
+
+def _join_lead_ins(paragraphs: list[str]) -> list[str]:
+    """A paragraph ending in ':' introduces the next one (a list heading such as
+    `1. **Cost of the pens:**`, or `Square both sides:` before its display math), and display math
+    on its own lines continues the sentence before it (`... must satisfy` / `\\[a^2 + b^2 = 1.\\]`):
+    one step each time."""
+    out: list[str] = []
+    for para in paragraphs:
+        lead_in = out and out[-1].rstrip("*_ ").endswith(":")  # `**Heading:**` in Markdown too
+        if lead_in or (out and para.startswith(("\\[", "$$", "\\begin{"))):
+            out[-1] += " " + para
+        else:
+            out.append(para)
+    return out
 
 
 def _paragraphs(text: str) -> list[str]:
