@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,6 +123,22 @@ def solution_dpo_examples(pairs: Sequence[SolutionPair], templates: Templates, t
     ]
 
 
+def boundary_merges(examples: Sequence[dict[str, str]], tokenizer) -> list[int]:
+    """Indices of examples whose prompt's tokens are not a prefix of prompt+completion's tokens,
+    i.e. a token merges across the boundary (TRL then silently moves the boundary into the
+    prompt). Our layout ends every prompt in a newline so this stays empty; notebooks can check."""
+    bad = []
+    for i, ex in enumerate(examples):
+        prompt_ids = tokenizer(ex["prompt"])["input_ids"]
+        for key in ("completion", "chosen", "rejected"):
+            if key in ex:
+                full = tokenizer(ex["prompt"] + ex[key])["input_ids"]
+                if full[: len(prompt_ids)] != prompt_ids:
+                    bad.append(i)
+                    break
+    return bad
+
+
 # ---------------------------------------------------------------------------------------------
 # The one TRL hook: EOS only where the text has it
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +217,8 @@ def _common_args(section, n_examples: int, out: Path, seed: int, params: Params)
         report_to="none",
         disable_tqdm=False,  # progress bars stay visible in notebooks
         bf16=bf16,  # never on CPU: bf16 autocast there is slow and TRL turns it on by default
-        gradient_checkpointing=params.model.gradient_checkpointing,
+        # the non-deprecated name in transformers 5 (TRL's own default for the old name is True)
+        activation_checkpointing=params.model.gradient_checkpointing,
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
@@ -227,15 +245,28 @@ def _prepare_adapter(model, params: Params):
     return model, _lora_config(params)
 
 
-def _fp32_adapters(model) -> None:
+def _trainable_snapshot(model) -> dict[str, torch.Tensor]:
+    """fp32 copies of a quantised model's trainable weights (a loaded adapter), taken before TRL
+    rounds them to bf16, so `_fp32_adapters` can put the exact values back."""
+    if not _is_quantized(model):
+        return {}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float32}
+
+
+def _is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _fp32_adapters(model, snapshot: dict[str, torch.Tensor]) -> None:
     """TRL casts a quantised model's trainable adapter weights to bf16 (QLoRA paper). With the
     paper's learning rates (1e-6, 5e-7) a bf16 weight cannot represent the update (its spacing
-    near 0.01 is ~4e-5), so training would silently do nothing: keep fp32 master weights."""
-    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+    near 0.01 is ~4e-5), so training would silently do nothing; and a loaded adapter (a QLoRA M_k)
+    would lose precision before training starts. Keep fp32 master weights, restoring exact values."""
+    if not _is_quantized(model):
         return
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+            p.data = snapshot[name].to(p.device) if name in snapshot else p.data.float()
 
 
 def _base_of(path: str | Path) -> str:
@@ -302,6 +333,7 @@ def build_sft_trainer(params: Params, model, tokenizer, examples, output_dir, *,
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    snapshot = _trainable_snapshot(model)
     args = SFTConfig(**_common_args(params.warmup, len(examples), Path(output_dir), seed, params), completion_only_loss=True)
     trainer = SFTTrainer(
         model=model,
@@ -311,7 +343,10 @@ def build_sft_trainer(params: Params, model, tokenizer, examples, output_dir, *,
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    _fp32_adapters(trainer.model)
+    _fp32_adapters(trainer.model, snapshot)
+    cut = sum(len(ids) >= args.max_length for ids in trainer.train_dataset["input_ids"])
+    if cut:
+        warnings.warn(f"{cut} of {len(examples)} SFT examples were cut at max_length={args.max_length} (and lose their EOS)")
     return trainer
 
 
@@ -327,6 +362,7 @@ def build_dpo_trainer(
     loss: dict[str, Any] = dict(loss_type=["sigmoid"])
     if dpo.nll_weight > 0:
         loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
+    snapshot = _trainable_snapshot(model)
     args = DPOConfig(**_common_args(dpo, len(examples), Path(output_dir), seed, params), beta=dpo.beta, **loss)
     trainer = _step_dpo_trainer_class()(
         model=model,
@@ -337,8 +373,17 @@ def build_dpo_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    _fp32_adapters(trainer.model)
+    _fp32_adapters(trainer.model, snapshot)
+    dropped = len(examples) - len(trainer.train_dataset)
+    if dropped:
+        warnings.warn(f"TRL dropped {dropped} of {len(examples)} DPO pairs whose prompt fills max_length={args.max_length}")
     return trainer
+
+
+def reference_dir(params: Params, m1_dir: str | Path) -> Path | None:
+    """The `ref_dir` for `step_dpo` under `dpo.reference`: None (the model the round starts from,
+    the paper's reading) for `previous`, M1's directory for `m1`."""
+    return Path(m1_dir) if params.dpo.reference == "m1" else None
 
 
 def _tokenizer_hash(tokenizer) -> str:
@@ -352,7 +397,7 @@ def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sou
     return {
         "stage": "warmup_sft",
         "base": "tiny-random" if base is None else lineage.model_identity(base),
-        "tokenizer": _tokenizer_hash(tokenizer) if base is None else None,
+        "tokenizer": _tokenizer_hash(tokenizer) if tokenizer is not None else None,
         "examples": lineage.sha256_json(list(examples)),
         "n_examples": len(examples),
         "data_files": lineage.file_hashes(sources),
@@ -434,6 +479,7 @@ def warmup_sft(
             inputs=inputs,
             parent=None if base is None else str(base),
             content=kind,
+            n_train_rows=len(trainer.train_dataset),
             metrics=_metrics(trainer.state.log_history, result),
             log_history=trainer.state.log_history,
             wall_time_s=round(time.perf_counter() - t0, 2),
@@ -492,6 +538,7 @@ def step_dpo(
             parent=str(model_dir),
             reference=str(ref_dir if ref_dir is not None else model_dir),
             content=kind,
+            n_train_rows=len(trainer.train_dataset),
             metrics=_metrics(trainer.state.log_history, result),
             log_history=trainer.state.log_history,
             wall_time_s=round(time.perf_counter() - t0, 2),
