@@ -154,9 +154,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir())
     parser.add_argument("--benchmarks", nargs="+", help="names to check (default: all found)")
-    parser.add_argument("--cross-sample", type=int, help="grade this many evenly spaced cross pairs")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per answer")
-    parser.add_argument("--max-failures", type=int, default=30, help="failing rows listed per benchmark")
+    parser.add_argument("--cross-sample", type=int, help="grade only N evenly spaced cross pairs")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="s per answer")
+    parser.add_argument("--max-failures", type=int, default=30, help="rows listed per benchmark")
     return parser.parse_args(argv)
 
 

@@ -27,12 +27,15 @@ number 34, ``1 and 2`` is a list and not ``12``, and unit words are only strippe
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -59,7 +62,7 @@ _CHOICES = frozenset("ABCDE")
 # ---------------------------------------------------------------------------------------------
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
-_ANSWER_IS_RE = re.compile(r"he answer is")
+_ANSWER_IS_RE = re.compile(r"(?:he|final) answer is")
 _LAST_NUMBER_RE = re.compile(r"-?\d*\.?\d+")
 
 
@@ -135,12 +138,16 @@ _UNIT_WORDS = (
 _TRAILING_UNITS_RE = re.compile(
     r"(?P<value>.+?)(?:(?<=[\d}])|\s+)(?:(?:" + _UNIT_WORDS + r")\b\s*)+(?:\^\s*\{?[23]\}?)?"
 )
-_TRAILING_TEXT_RE = re.compile(r"(?P<value>.*?)\s*\\(?:text|mbox)\s*\{[^{}]*\}(?:\s*\^\s*\{?[23]\}?)?")
+_TRAILING_TEXT_RE = re.compile(
+    r"(?P<value>.*?)\s*\\(?:text|mbox)\s*\{[^{}]*\}(?:\s*\^\s*\{?[23]\}?)?"
+)
+# Roman letters after a value are a unit ("12 \mathrm{~m}"), except the constants i, e and d.
 _TRAILING_MATHRM_RE = re.compile(
-    r"(?P<value>.*?)\s*\\mathrm\s*\{\s*(?:~|\\,|\\ )\s*[a-zA-Z ]*\}(?:\s*\^\s*\{?[23]\}?)?"
+    r"(?P<value>.*?)\s*\\mathrm\s*\{\s*(?![ied]\s*\})[a-zA-Z][a-zA-Z ]*\}(?:\s*\^\s*\{?[23]\}?)?"
 )
 _TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mbox)\s*\{([^{}]*)\}")
-_SPACING_RE = re.compile(r"\\(?:,|;|:| |quad|qquad)|~")
+# A row break ``\\`` is matched first so that its second backslash is not read as ``\ ``.
+_SPACING_RE = re.compile(r"\\\\|\\(?:[,;: ]|quad|qquad)|~")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SHORT_LHS_RE = re.compile(r"^\s*[^=<>]{1,2}?\s*=(?!=)")
 _MEMBERSHIP_PREFIX_RE = re.compile(r"^\s*[xyz]\s*(?:\\in|\\to)\s*")
@@ -150,7 +157,7 @@ def _normalise(answer: str) -> str:
     """Harness-style clean-up of one answer; keeps spaces (see ``_canonical``)."""
     text = answer.strip().replace("\n", " ").rstrip(".").replace("\\!", "")
     text = text.replace("{,}", ",")
-    text = _SPACING_RE.sub(" ", text)
+    text = _SPACING_RE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", text)
     text = re.sub(r"\\begin\{array\}\{[^}]*\}", r"\\begin{pmatrix}", text)
     text = text.replace("\\end{array}", "\\end{pmatrix}").replace("bmatrix", "pmatrix")
     text = re.sub(r"\\[dtc]frac", r"\\frac", text)
@@ -195,7 +202,7 @@ def _normalise_numbers(text: str) -> str:
 
 
 def _drop_short_lhs(text: str) -> str:
-    """``x = 3`` -> ``3`` and ``k=2n-1`` -> ``2n-1``: the harness drops a left side of <= 2 chars."""
+    """``x = 3`` -> ``3``, ``k=2n-1`` -> ``2n-1``: the harness drops a left side of <= 2 chars."""
     if text.count("=") == 1 and _SHORT_LHS_RE.match(text):
         return text.split("=", 1)[1].strip()
     return text
@@ -295,7 +302,8 @@ def _encloses(text: str) -> bool:
 
 _PMATRIX_OPEN = "\\begin{pmatrix}"
 _PMATRIX_CLOSE = "\\end{pmatrix}"
-_ORDERED_KINDS = frozenset({"()", "[]", "(]", "[)"})
+_ORDERED_KINDS = frozenset({"()", "[]", "(]", "[)"})  # tuples, vectors and intervals
+_SET_KIND = "{}"
 
 
 def _structure(text: str) -> tuple[str, list[str]] | None:
@@ -306,10 +314,11 @@ def _structure(text: str) -> tuple[str, list[str]] | None:
         widths = {len(row) for row in rows}
         shape = f"{len(rows)}x{widths.pop()}" if len(widths) == 1 else "ragged"
         return f"matrix{shape}", [cell.strip() for row in rows for cell in row]
-    if len(text) >= 2 and text[0] in "([{" and text[-1] in ")]}" and _encloses(text):
+    kind = text[:1] + text[-1:]
+    if (kind in _ORDERED_KINDS or kind == _SET_KIND) and len(text) > 2 and _encloses(text):
         parts = _split_top_level(text[1:-1])
         if len(parts) >= 2:
-            return text[0] + text[-1], parts
+            return kind, parts
     parts = _split_top_level(text)
     return (",", parts) if len(parts) >= 2 else None
 
@@ -337,7 +346,10 @@ def is_equiv(
     if pred is None:
         return False
     deadline = time.monotonic() + timeout
-    return _equiv(pred, gold, deadline, include_percentage)
+    try:
+        return _equiv(pred, gold, deadline, include_percentage)
+    except RecursionError:  # tuples nested hundreds deep; no real answer looks like that
+        return False
 
 
 def _equiv(pred: str, gold: str, deadline: float, include_percentage: bool) -> bool:
@@ -364,9 +376,7 @@ def _equiv(pred: str, gold: str, deadline: float, include_percentage: bool) -> b
     structured = _compare_structures(pred_norm, gold_norm, deadline, include_percentage)
     if structured is not None:
         return structured
-    return _symbolic_equal(
-        [(gold_norm, pred_norm), (_strip_dollars(gold), _strip_dollars(pred))], deadline
-    )
+    return _symbolic_equal(gold_norm, pred_norm, deadline)
 
 
 def _compare_structures(
@@ -396,7 +406,11 @@ def _match_unordered(
     remaining = list(golds)
     for pred in preds:
         match = next(
-            (i for i, gold in enumerate(remaining) if _equiv(pred, gold, deadline, include_percentage)),
+            (
+                i
+                for i, gold in enumerate(remaining)
+                if _equiv(pred, gold, deadline, include_percentage)
+            ),
             None,
         )
         if match is None:
@@ -405,18 +419,10 @@ def _match_unordered(
     return True
 
 
-def _strip_dollars(text: str) -> str:
-    """Remove unescaped ``$`` math delimiters (math-verify gets its own ``$...$`` wrapper)."""
-    return re.sub(r"(?<!\\)\$", "", text).strip()
-
-
-def _symbolic_equal(pairs: list[tuple[str, str]], deadline: float) -> bool:
-    """Ask the worker process about (gold, pred) pairs; False once the deadline has passed."""
-    unique = list(dict.fromkeys((g, p) for g, p in pairs if g and p))
+def _symbolic_equal(gold: str, pred: str, deadline: float) -> bool:
+    """Ask the worker process; False once the deadline has passed."""
     remaining = deadline - time.monotonic()
-    if not unique or remaining <= 0:
-        return False
-    return _worker().equal(unique, remaining)
+    return remaining > 0 and _worker().equal(gold, pred, remaining)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,9 +440,10 @@ class _SymbolicWorker:
         self._zygote: subprocess.Popen[bytes] | None = None
         self._worker_pid: int | None = None
         self._pending = b""
+        self._request_id = 0
 
-    def equal(self, pairs: list[tuple[str, str]], timeout: float) -> bool:
-        """Any pair symbolically equal within ``timeout`` seconds (not counting worker startup).
+    def equal(self, gold: str, pred: str, timeout: float) -> bool:
+        """math-verify's verdict within ``timeout`` seconds (not counting worker startup).
 
         A dead zygote (its pipe closed) is restarted and asked once more; a worker that is
         still busy at the deadline is killed and the answer counts as not equal.
@@ -445,8 +452,9 @@ class _SymbolicWorker:
             for _attempt in range(2):
                 self._ensure_ready()
                 deadline = time.monotonic() + timeout
-                if self._send({"pairs": pairs}):
-                    reply = self._read_message("equal", deadline)
+                self._request_id += 1
+                if self._send({"id": self._request_id, "gold": gold, "pred": pred}):
+                    reply = self._read_message("id", self._request_id, deadline)
                     if reply is not None:
                         return bool(reply["equal"])
                 if self._zygote is not None:
@@ -457,15 +465,17 @@ class _SymbolicWorker:
     def _ensure_ready(self) -> None:
         """Start the zygote if needed and wait for a worker's ready line."""
         if self._zygote is None or self._zygote.poll() is not None:
+            self._stop_zygote()
             self._start_zygote()
         if self._worker_pid is None:
-            ready = self._read_message("ready", time.monotonic() + _STARTUP_TIMEOUT_S)
+            ready = self._read_message("ready", None, time.monotonic() + _STARTUP_TIMEOUT_S)
             if ready is None:
                 self._stop_zygote()
                 raise RuntimeError("psr.grading: the symbolic grading process did not start")
             self._worker_pid = int(ready["ready"])
 
     def _start_zygote(self) -> None:
+        """A fresh interpreter that can import this package even when it is not installed."""
         package_root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -476,15 +486,18 @@ class _SymbolicWorker:
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        self._worker_pid = None
-        self._pending = b""
 
     def _stop_zygote(self) -> None:
+        """Kill the worker and the zygote, and close the pipes."""
+        self._kill_worker()
         if self._zygote is not None:
             self._zygote.kill()
             self._zygote.wait()
+            for pipe in (self._zygote.stdin, self._zygote.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
         self._zygote = None
-        self._worker_pid = None
 
     def _send(self, message: dict[str, object]) -> bool:
         """Write one request line; False (and the zygote forgotten) if its pipe is broken."""
@@ -497,8 +510,12 @@ class _SymbolicWorker:
             return False
         return True
 
-    def _read_message(self, key: str, deadline: float) -> dict[str, object] | None:
-        """Next JSON line holding ``key`` (stale replies of a killed worker are skipped)."""
+    def _read_message(self, key: str, value: object, deadline: float) -> dict[str, object] | None:
+        """Next JSON line holding ``key`` (with ``value`` unless None).
+
+        Lines that don't match are stale: replies of a killed worker, or of a request whose
+        caller was interrupted (e.g. by KeyboardInterrupt) before reading its reply.
+        """
         if self._zygote is None or self._zygote.stdout is None:
             return None
         fd = self._zygote.stdout.fileno()
@@ -508,7 +525,8 @@ class _SymbolicWorker:
                 self._pending = rest
                 message = _loads(line)
                 if message is not None and key in message:
-                    return message
+                    if value is None or message[key] == value:
+                        return message
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
@@ -523,7 +541,7 @@ class _SymbolicWorker:
         """Kill the stuck worker; the zygote forks a fresh one at once."""
         if self._worker_pid is not None:
             try:
-                os.kill(self._worker_pid, 9)
+                os.kill(self._worker_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self._worker_pid = None
@@ -531,6 +549,7 @@ class _SymbolicWorker:
 
 
 def _loads(line: bytes) -> dict[str, object] | None:
+    """A JSON object, or None for anything else (such as a line cut short by a kill)."""
     try:
         message = json.loads(line)
     except ValueError:
@@ -543,6 +562,7 @@ _WORKER: _SymbolicWorker | None = None
 
 
 def _worker() -> _SymbolicWorker:
+    """The process-wide client, created on first use (no process starts before that)."""
     global _WORKER
     with _WORKER_LOCK:
         if _WORKER is None:
@@ -561,17 +581,35 @@ os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
 def _zygote_main() -> None:
-    """Import math-verify once, then keep one forked worker alive until stdin closes."""
+    """Import math-verify once, then keep one forked worker alive until the client goes away."""
     import math_verify  # noqa: F401  (imported here so forked workers start warm)
 
     logging.disable(logging.CRITICAL)
+    hangup = select.poll()
+    hangup.register(0, 0)  # no events asked for: poll still reports POLLHUP / POLLERR
     while True:
         pid = os.fork()
         if pid == 0:
             _worker_main()
-        _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status):
+        if not _supervise(pid, hangup):
             return
+
+
+def _supervise(pid: int, hangup: select.poll) -> bool:
+    """Wait for the worker; True to fork a new one (it was killed), False to stop.
+
+    The client's end of the pipe closing means it exited or died. The worker may then be deep
+    in a C-level computation (a huge integer power) that nothing else would ever stop, so the
+    zygote kills it. Polling every 50 ms also bounds how late a replacement worker starts.
+    """
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WIFSIGNALED(status)
+        if hangup.poll(50):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
 
 
 def _worker_main() -> NoReturn:
@@ -584,10 +622,13 @@ def _worker_main() -> NoReturn:
         pass
     os.write(1, json.dumps({"ready": os.getpid()}).encode() + b"\n")
     for line in sys.stdin.buffer:
-        pairs = json.loads(line)["pairs"]
-        equal = any(_math_verify_equal(gold, pred) for gold, pred in pairs)
-        os.write(1, json.dumps({"equal": equal}).encode() + b"\n")
+        request = json.loads(line)
+        equal = _math_verify_equal(request["gold"], request["pred"])
+        os.write(1, json.dumps({"id": request["id"], "equal": equal}).encode() + b"\n")
     os._exit(0)
+
+
+
 
 
 def _math_verify_equal(gold: str, pred: str) -> bool:
@@ -595,8 +636,9 @@ def _math_verify_equal(gold: str, pred: str) -> bool:
     from math_verify import parse, verify
 
     try:
-        gold_parsed = parse(f"${gold}$", parsing_timeout=None)  # type: ignore[arg-type]
-        pred_parsed = parse(f"${pred}$", parsing_timeout=None)  # type: ignore[arg-type]
+        config = _extraction_config()
+        gold_parsed = parse(f"${gold}$", config, parsing_timeout=None)  # type: ignore[arg-type]
+        pred_parsed = parse(f"${pred}$", config, parsing_timeout=None)  # type: ignore[arg-type]
         if not gold_parsed or not pred_parsed:
             return False
         if verify(gold_parsed, pred_parsed, timeout_seconds=None):
@@ -604,6 +646,23 @@ def _math_verify_equal(gold: str, pred: str) -> bool:
         return _numerically_close(gold_parsed[0], pred_parsed[0])
     except Exception:
         return False
+
+
+@functools.cache
+def _extraction_config() -> tuple[object, ...]:
+    """math-verify's default targets, minus its unit stripping: its unit list has single letters
+    (``m``, ``s``, ``g``), so ``2m`` would equal ``2``; ``_strip_units`` handles units instead."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, LatexNormalizationConfig
+
+    normalization = LatexNormalizationConfig(
+        basic_latex=True,
+        units=False,
+        malformed_operators=True,
+        nits=True,
+        boxed="all",
+        equations=False,
+    )
+    return (LatexExtractionConfig(normalization_config=normalization), ExprExtractionConfig())
 
 
 def _numerically_close(gold: object, pred: object) -> bool:

@@ -227,7 +227,8 @@ def benchmark_spec(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise ValueError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}") from None
+        valid = ", ".join(BENCHMARKS)
+        raise ValueError(f"unknown benchmark {name!r}; valid names: {valid}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +236,9 @@ def benchmark_spec(name: str) -> BenchmarkSpec:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_benchmark(name: str, data_dir: str | Path, limit: int | None = None) -> list[BenchmarkItem]:
+def load_benchmark(
+    name: str, data_dir: str | Path, limit: int | None = None
+) -> list[BenchmarkItem]:
     """Read ``<data_dir>/<name>/test.jsonl`` (first ``limit`` rows if given)."""
     spec = benchmark_spec(name)
     path = Path(data_dir) / name / "test.jsonl"
@@ -266,7 +269,9 @@ def load_jsonl_questions(
         location = f"{path}:{line_number}"
         question = _field(row, question_field, location)
         if not isinstance(question, str) or not question.strip():
-            raise BenchmarkFormatError(f"{location}: field {question_field!r} is not a non-empty string")
+            raise BenchmarkFormatError(
+                f"{location}: field {question_field!r} is not a non-empty string"
+            )
         answer = _gold_from_field(row, answer_field, gold, location)
         items.append(BenchmarkItem(f"{prefix}-{len(items)}", question, answer))
     return items
@@ -283,7 +288,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise BenchmarkFormatError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                message = f"{path}:{line_number}: not valid JSON ({error.msg})"
+                raise BenchmarkFormatError(message) from None
             if not isinstance(row, dict):
                 raise BenchmarkFormatError(f"{path}:{line_number}: expected a JSON object")
             yield line_number, row
@@ -319,7 +325,7 @@ def load_benchmark_from_hub(name: str, limit: int | None = None) -> list[Benchma
         for index, row in enumerate(load_dataset(source.path, config, split=source.split)):
             if limit is not None and len(items) >= limit:
                 return items
-            if source.url_contains is not None and source.url_contains not in str(row.get("url", "")):
+            if source.url_contains and source.url_contains not in str(row.get("url", "")):
                 continue
             location = f"hub:{source.path}[{config or 'default'}/{source.split}]#{index}"
             question = _field(row, source.question_field, location)
