@@ -2,16 +2,17 @@
 boundary. The search (strategy) and the judge (scorer) only see the `Generator` protocol, so a
 test can plug in a scripted generator and a GPU run can plug in vLLM.
 
-`HFGenerator` wraps Hugging Face `generate` (left padding, KV cache, length-sorted chunks bounded
-by `max_tokens_per_batch`). Its stop check is hand-written rather than transformers'
-`StopStringCriteria` because that one looks at the tail of the *whole* sequence, prompt included:
-a step prompt ends in "\\n", so a model writing "Step 3: " would match "\\nStep " across the
-prompt/completion boundary and stop after two tokens. Ours only looks at generated tokens.
-"""
+`HFGenerator` wraps Hugging Face `generate` (left padding, KV cache, chunks bounded by
+`max_tokens_per_batch`), plus shared-prefix prefill and a static KV cache (see its docstring).
+Its stop check is hand-written rather than transformers' `StopStringCriteria` because that one
+looks at the tail of the *whole* sequence, prompt included: a step prompt ends in "\\n", so a
+model writing "Step 3: " would match "\\nStep " across the prompt/completion boundary and stop
+after two tokens. Ours only looks at generated tokens."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -103,14 +104,70 @@ class _StopAfterPrompt:
         return torch.tensor([f >= 0 for f in self.fired], dtype=torch.bool, device=input_ids.device)
 
 
+@dataclass
+class _Group:
+    """Rows (indices into the encoded prompts) that share their first `prefix` tokens."""
+
+    prefix: int
+    rows: list[int]
+
+
+def share_groups(encoded: list[list[int]], min_prefix: int = 8) -> list[_Group]:
+    """Group token rows by a shared prefix so that it is encoded once per group, not per row.
+
+    The rows are sorted; runs of neighbours with a common prefix form a trie. For each run we keep
+    either one group with the run's common prefix or the best grouping of its sub-runs (longer
+    prefixes, fewer rows each), whichever skips more prefill tokens: for the judge's 30 prompts
+    per question this finds (question, candidate in slot A) groups. Every row keeps at least one
+    token of its own, which `generate` needs to start from. Rows sharing less than `min_prefix`
+    tokens with anything stand alone (prefix 0)."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+    lcp = [_common_prefix(encoded[a], encoded[b]) for a, b in zip(order, order[1:])]
+
+    def best(lo: int, hi: int, depth: int) -> tuple[int, list[_Group]]:
+        rows = order[lo:hi]
+        if hi - lo == 1:
+            return 0, [_Group(0, rows)]
+        common = min(min(lcp[lo : hi - 1]), min(len(encoded[i]) for i in rows) - 1)
+        whole = (hi - lo - 1) * common if common >= min_prefix else 0
+        cut = min(lcp[lo : hi - 1])
+        splits = [k + 1 for k in range(lo, hi - 1) if lcp[k] == cut]
+        if splits and len(splits) < hi - lo - 1 and depth < 64:
+            saved, groups = 0, []
+            for a, b in zip([lo] + splits, splits + [hi]):
+                s, g = best(a, b, depth + 1)
+                saved, groups = saved + s, groups + g
+            if saved > whole:
+                return saved, groups
+        return whole, [_Group(common if whole else 0, rows)] if whole else [_Group(0, [i]) for i in rows]
+
+    return best(0, len(order), 0)[1] if encoded else []
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
 class HFGenerator:
-    """Batched Hugging Face `generate`: prompts x n rows, sorted by length, cut into chunks of at
-    most `max_tokens_per_batch` (rows x (longest prompt + max_new_tokens)), left padded.
+    """Batched Hugging Face `generate`: prompts x n rows, cut into chunks of at most
+    `max_tokens_per_batch` (rows x (padded prompt + max_new_tokens)).
+
+    Two things make it much faster than one `generate` per prompt beyond batching itself:
+    - shared prefixes (the judge's 30 prompts per question, the n samples of one prompt) are
+      encoded once per group and their KV cache copied to the group's rows (`share_groups`);
+      the rest of each prompt is then prefilled by `generate` as a cache continuation;
+    - a preallocated (static) KV cache, so decoding does not re-copy the cache every token.
+    Greedy requests decode each distinct prompt once and copy the result.
 
     Sampling is seeded per chunk from (seed, chunk index), so results depend on the inputs and the
-    seed, not on timing. Greedy requests decode each distinct prompt once and copy the result."""
+    seed, not on timing."""
 
-    def __init__(self, model, tokenizer, max_tokens_per_batch: int = 32768):
+    def __init__(self, model, tokenizer, max_tokens_per_batch: int = 32768, *, share_prefixes: bool = True,
+                 static_cache: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs a pad token (psr.models.load_tokenizer sets one)")
         if max_tokens_per_batch < 1:
@@ -125,6 +182,10 @@ class HFGenerator:
         if not ids:
             raise ValueError("tokenizer has no EOS token")
         self.eos_ids = sorted(ids)
+        # Both speed-ups need a plain full-attention KV cache (no sliding windows or hybrid layers).
+        self.static_cache = static_cache and _has_plain_static_cache(model)
+        self.share_prefixes = share_prefixes and self.static_cache
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def generate(
         self,
@@ -148,49 +209,82 @@ class HFGenerator:
         else:
             rows = [p for p in prompts for _ in range(n)]
         encoded = self.tokenizer(rows, add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))
+        if any(not x for x in encoded):
+            raise ValueError("every prompt must encode to at least one token")
+        groups = share_groups(encoded) if self.share_prefixes else [_Group(0, [i]) for i in range(len(rows))]
         results: list[Sample | None] = [None] * len(rows)
-        for chunk_index, chunk in enumerate(self._chunks(order, encoded, max_new_tokens)):
+        for chunk_index, chunk in enumerate(self._chunks(groups, encoded, max_new_tokens)):
             torch.manual_seed(derive_seed(seed, chunk_index))
-            samples = self._generate_chunk([encoded[i] for i in chunk], greedy, temperature, top_p, max_new_tokens, stop)
-            for i, s in zip(chunk, samples):
+            samples = self._generate_chunk(chunk, encoded, greedy, temperature, top_p, max_new_tokens, stop)
+            for i, s in zip((i for g in chunk for i in g.rows), samples):
                 results[i] = s
         if greedy:
             by_prompt = dict(zip(distinct, results))
             return [[by_prompt[p]] * n for p in prompts]
         return [results[k * n : (k + 1) * n] for k in range(len(prompts))]  # type: ignore[misc]
 
-    def _chunks(self, order: list[int], encoded: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Longest prompts first; a chunk grows while rows x (its longest prompt + new tokens)
-        stays within the budget (always at least one row)."""
-        chunks: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            longest = len(encoded[current[0]]) if current else len(encoded[i])
-            if current and (len(current) + 1) * (longest + max_new_tokens) > self.max_tokens_per_batch:
-                chunks.append(current)
-                current = []
-            current.append(i)
+    def _chunks(self, groups: list[_Group], encoded: list[list[int]], max_new_tokens: int) -> list[list[_Group]]:
+        """Groups of similar shape (prefix length, then longest rest) go together; a chunk grows
+        while rows x (prefix width + rest width + new tokens) stays within the budget (always at
+        least one row; a group too big for one chunk is split, each piece keeping its prefix)."""
+        rest = lambda g: max(len(encoded[i]) - g.prefix for i in g.rows)  # noqa: E731
+        ordered = sorted(groups, key=lambda g: (g.prefix, rest(g)), reverse=True)
+        chunks: list[list[_Group]] = []
+        current: list[_Group] = []
+        width_p = width_r = n_rows = 0
+        for g in ordered:
+            piece: _Group | None = None
+            for i in g.rows:
+                wp, wr = max(width_p, g.prefix), max(width_r, len(encoded[i]) - g.prefix)
+                if n_rows and (n_rows + 1) * (wp + wr + max_new_tokens) > self.max_tokens_per_batch:
+                    chunks.append(current)
+                    current, n_rows, piece = [], 0, None
+                    wp, wr = g.prefix, len(encoded[i]) - g.prefix
+                if piece is None:
+                    piece = _Group(g.prefix, [])
+                    current.append(piece)
+                piece.rows.append(i)
+                width_p, width_r, n_rows = wp, wr, n_rows + 1
         if current:
             chunks.append(current)
         return chunks
 
     def _generate_chunk(
-        self, ids: list[list[int]], greedy: bool, temperature: float, top_p: float, max_new_tokens: int, stop: str | None
+        self,
+        groups: list[_Group],
+        encoded: list[list[int]],
+        greedy: bool,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        stop: str | None,
     ) -> list[Sample]:
         from transformers import StoppingCriteriaList
 
         pad = self.tokenizer.pad_token_id
-        width = max(len(x) for x in ids)
         device = self.model.device
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long, device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long, device=device)
-        criteria = _StopAfterPrompt(self.tokenizer, stop, width, len(ids)) if stop else None
+        rows = [(g, encoded[i]) for g in groups for i in g.rows]
+        width_p = max(g.prefix for g in groups)
+        width_r = max(len(x) - g.prefix for g, x in rows)
+        width = width_p + width_r
+        # Each row: [pad..., shared prefix][pad..., its own rest]; padding in the middle is fine,
+        # positions come from the attention mask.
+        ids, mask = [], []
+        for g, x in rows:
+            p, r = x[: g.prefix], x[g.prefix :]
+            ids.append([pad] * (width_p - len(p)) + p + [pad] * (width_r - len(r)) + r)
+            mask.append([0] * (width_p - len(p)) + [1] * len(p) + [0] * (width_r - len(r)) + [1] * len(r))
+        input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
+        criteria = _StopAfterPrompt(self.tokenizer, stop, width, len(rows)) if stop else None
         kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         with torch.inference_mode():
+            if self.static_cache:
+                kwargs["past_key_values"] = self._prefilled_cache(groups, encoded, width_p, width + max_new_tokens)
+                kwargs["disable_compile"] = True  # a static cache would trigger torch.compile on GPUs
             out = self.model.generate(
                 input_ids=input_ids,
-                attention_mask=mask,
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=self.eos_ids,
@@ -212,6 +306,49 @@ class HFGenerator:
                 samples.append(Sample(text, len(toks), "length"))
         return samples
 
+    def _prefilled_cache(self, groups: list[_Group], encoded: list[list[int]], width_p: int, length: int):
+        """A static cache of `length` slots whose first `width_p` hold each row's shared prefix,
+        computed once per group (left padded) and copied to the group's rows."""
+        from transformers import StaticCache
+
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
+        if width_p == 0:
+            return cache
+        pad = self.tokenizer.pad_token_id
+        device = self.model.device
+        shared = [g for g in groups if g.prefix]
+        prefixes = [encoded[g.rows[0]][: g.prefix] for g in shared]
+        ids = torch.tensor([[pad] * (width_p - len(p)) + p for p in prefixes], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width_p - len(p)) + [1] * len(p) for p in prefixes], dtype=torch.long, device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {"logits_to_keep": 1} if self._keeps_logits else {}  # no [rows, width, vocab] logits
+        prefix_cache = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+        ).past_key_values
+        # rows without a shared prefix point at an extra all-zero (and fully masked) entry
+        index, k = [], 0
+        for g in groups:
+            index += [k if g.prefix else len(shared)] * len(g.rows)
+            k += bool(g.prefix)
+        select = torch.tensor(index, device=device)
+        for src, dst in zip(prefix_cache.layers, cache.layers):
+            keys = torch.cat([src.keys, src.keys.new_zeros((1, *src.keys.shape[1:]))])
+            values = torch.cat([src.values, src.values.new_zeros((1, *src.values.shape[1:]))])
+            dst.update(keys.index_select(0, select), values.index_select(0, select))
+        return cache
+
+
+def _has_plain_static_cache(model) -> bool:
+    """True when every layer of the model's static cache is a plain full-attention layer."""
+    try:
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        cache = StaticCache(config=model.config, max_cache_len=8)
+        return bool(cache.layers) and all(type(layer) is StaticLayer for layer in cache.layers)
+    except Exception:  # an architecture without a standard cache: fall back to plain generate
+        return False
+
 
 class VLLMGenerator:
     """The same interface on vLLM (GPU), imported only when constructed so this module loads
@@ -227,6 +364,27 @@ class VLLMGenerator:
         if self.adapter_dir:
             llm_kwargs.setdefault("enable_lora", True)
         self.llm = LLM(model=str(model_path), **llm_kwargs)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, params) -> "VLLMGenerator":  # pragma: no cover - GPU
+        """M_k from a model folder: a full model, or a PEFT adapter folder served as base + LoRA
+        (the base is named in its adapter_config.json). `params` is the whole `Params`."""
+        import json
+
+        from psr.models import is_adapter_dir
+
+        kwargs = dict(
+            dtype=params.model.dtype,
+            trust_remote_code=params.model.trust_remote_code,
+            tensor_parallel_size=params.search.tensor_parallel_size,
+            seed=0,
+        )
+        if is_adapter_dir(model_dir):
+            config = json.loads((Path(model_dir) / "adapter_config.json").read_text())
+            rank = int(config.get("r", params.model.lora.r))
+            kwargs["max_lora_rank"] = 1 << max(3, (rank - 1).bit_length())  # vLLM wants 8, 16, 32, ...
+            return cls(config["base_model_name_or_path"], adapter_dir=model_dir, tokenizer=str(model_dir), **kwargs)
+        return cls(model_dir, **kwargs)
 
     def generate(
         self,

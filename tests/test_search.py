@@ -1,0 +1,369 @@
+"""The step-wise search: win counting -> chosen/rejected, seeded tie-breaks, the rollback rule,
+caps, no pair from identical texts, resume after a kill, determinism, no gold answer anywhere,
+test-time scaling, and an end-to-end run on a real tiny model with the HF backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+
+import pytest
+
+from psr.config import JudgeParams, ModelParams, PromptParams, SearchParams
+from psr.generation import HFGenerator, Sample
+from psr.io import RecordError, read_jsonl
+from psr.judge import GroupJudgment
+from psr.models import build_tiny_model, set_threads, train_tokenizer
+from psr.prompts import Templates
+from psr.records import PPDPair, Problem, Question
+from psr.search import (
+    QuestionStatus,
+    SearchStats,
+    _advance,
+    _State,
+    solve_with_search,
+    status_path,
+    step_search,
+)
+from tests.test_judge import _A, _B, EOS_MARK, Crash, ScriptedGenerator
+
+GREEDY = JudgeParams(do_sample=False, max_new_tokens=16)
+
+
+def search_params(**kw) -> SearchParams:
+    base = dict(width=4, temperature=0.5, top_p=0.95, max_step_tokens=16, max_steps=10, expansion_cap=20)
+    return SearchParams(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(["Step 1: good 1 bad 2 \\boxed{3} [[A]] [[B]] climb"] * 5, 300)
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return Templates.from_params(PromptParams(style="compact"))
+
+
+def ladder(q, steps, n, seed, visit):
+    """Question "climb T": step k offers one "good k" and n-1 "bad k.i" (seed-dependent text);
+    at k == T the good step is boxed and the bad ones end with EOS (final, but not boxed)."""
+    target = int(q.split()[-1])
+    k = len(steps) + 1
+    texts = []
+    for i in range(n):
+        if i == 0:
+            body = f"good {k}" + (f" \\boxed{{{k}}}" if k == target else "")
+        else:
+            body = f"bad {k}.{i}.{seed % 89}"
+        tail = EOS_MARK if (k == target and i > 0) else f"\nStep {k + 1}: ignored"
+        texts.append(f"Step {k}: {body}{tail}")
+    return texts
+
+
+def good_first(q, prev, a, b):
+    """Prefers a step containing "good"; otherwise the alphabetically smaller one."""
+    if ("good" in a) != ("good" in b):
+        return "So [[A]]" if "good" in a else "So [[B]]"
+    return "[[A]]" if a < b else "[[B]]"
+
+
+def run(tmp_path, questions, gen, tok, templates, name="ppd.jsonl", search=None, judge=GREEDY, seed=0, **kw):
+    out = tmp_path / name
+    stats = step_search(questions, gen, templates, tok, search or search_params(), judge,
+                        iteration=2, seed=seed, out_path=out, progress=False, **kw)
+    return stats, out
+
+
+def climbs(*targets: int) -> list[Question]:
+    return [Question(id=f"c{t}", question=f"climb {t}") for t in targets]
+
+
+def test_chosen_is_argmax_rejected_is_argmin_over_ordered_pairs(tmp_path, tok, templates):
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    stats, out = run(tmp_path, climbs(3), gen, tok, templates)
+    pairs = read_jsonl(out, PPDPair)
+    assert [p.id for p in pairs] == ["c3#1", "c3#2", "c3#3"]
+    assert [p.chosen for p in pairs] == ["good 1", "good 2", "good 3 \\boxed{3}"]
+    assert [p.previous_steps for p in pairs] == [[], ["good 1"], ["good 1", "good 2"]]
+    for p in pairs:
+        # good beats all 3 twice; the bad ones are ordered alphabetically: 4, 2, 0
+        assert p.scores == [6, 4, 2, 0] and sum(p.scores) == 12
+        assert p.rejected.startswith(f"bad {len(p.previous_steps) + 1}.3.")
+        assert p.iteration == 2 and p.question == "climb 3"
+    assert [p.is_final for p in pairs] == [False, False, True]
+    assert [p.rejected_is_final for p in pairs] == [False, False, True]  # the bad last steps hit EOS
+    assert stats.finished == 1 and stats.pairs == 3 and stats.expansions == 3 and stats.ties == 0
+    assert stats.judge_calls == 3 * 12 and stats.parse_rate == 100.0 and stats.position_consistency == 100.0
+    assert json.loads(json.dumps(stats.to_dict()))["pairs"] == 3
+
+
+def test_rounds_are_lockstep_one_generate_and_one_judge_call_each(tmp_path, tok, templates):
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    run(tmp_path, climbs(1, 2, 3), gen, tok, templates, search=search_params(width=3))
+    assert gen.calls == [
+        ("policy", 3, 3), ("judge", 18, 1),
+        ("policy", 2, 3), ("judge", 12, 1),
+        ("policy", 1, 3), ("judge", 6, 1),
+    ]
+
+
+def test_eos_makes_a_step_final(tmp_path, tok, templates):
+    def policy(q, steps, n, seed, visit):
+        return ["Step 1: good and done" + EOS_MARK] + [f"Step 1: bad {i}\nStep 2: x" for i in range(1, n)]
+
+    stats, out = run(tmp_path, climbs(5), ScriptedGenerator(policy=policy, judge=good_first), tok, templates)
+    [pair] = read_jsonl(out, PPDPair)
+    assert pair.chosen == "good and done" and pair.is_final and not pair.rejected_is_final
+    assert stats.finished == 1
+
+
+def test_ties_are_broken_by_a_seeded_rule(tmp_path, tok, templates):
+    """Two "top" candidates tie for the best score, two "low" ones for the worst."""
+
+    def policy(q, steps, n, seed, visit):
+        return [f"Step 1: top {i} \\boxed{{1}}" if i < 2 else f"Step 1: low {i}" for i in range(n)]
+
+    def judge(q, prev, a, b):
+        if ("top" in a) != ("top" in b):
+            return "[[A]]" if "top" in a else "[[B]]"
+        return "[[A]]"  # within a class: pure position bias, so the class ties
+
+    questions = [Question(id=f"q{i}", question=f"climb {i}") for i in range(12)]
+    seen_chosen, seen_rejected = set(), set()
+    for seed in (0, 1):
+        _, out = run(tmp_path, questions, ScriptedGenerator(policy=policy, judge=judge), tok, templates,
+                     name=f"s{seed}.jsonl", seed=seed)
+        pairs = read_jsonl(out, PPDPair)
+        assert len(pairs) == 12 and all(p.scores == [5, 5, 1, 1] for p in pairs)
+        seen_chosen |= {p.chosen for p in pairs}
+        seen_rejected |= {p.rejected for p in pairs}
+    assert seen_chosen == {"top 0 \\boxed{1}", "top 1 \\boxed{1}"}  # only tied-best, and both get picked
+    assert seen_rejected == {"low 2", "low 3"}
+    _, again = run(tmp_path, questions, ScriptedGenerator(policy=policy, judge=judge), tok, templates,
+                   name="s0-again.jsonl", seed=0)
+    assert again.read_bytes() == (tmp_path / "s0.jsonl").read_bytes()
+
+
+def test_all_equal_scores_roll_back_one_step_and_drop_its_pair(tmp_path, tok, templates):
+    def policy(q, steps, n, seed, visit):
+        k = len(steps) + 1
+        if k == 1:
+            word = "alpha" if visit == 0 else "beta"  # the retry of step 1 proposes new steps
+            return [f"Step 1: {word} {i}\nStep 2:" for i in range(n)]
+        return [f"Step 2: good \\boxed{{2}}"] + [f"Step 2: bad {i}\nStep 3:" for i in range(1, n)]
+
+    def judge(q, prev, a, b):
+        if prev == ["alpha 0"]:
+            return "[[A]]"  # every step-2 candidate after alpha ties: roll back past alpha
+        return good_first(q, prev, a, b)
+
+    stats, out = run(tmp_path, climbs(2), ScriptedGenerator(policy=policy, judge=judge), tok, templates)
+    pairs = read_jsonl(out, PPDPair)
+    assert [(p.id, p.chosen) for p in pairs] == [("c2#1", "beta 0"), ("c2#2", "good \\boxed{2}")]
+    assert pairs[1].previous_steps == ["beta 0"]
+    [status] = read_jsonl(status_path(out), QuestionStatus)
+    assert (status.expansions, status.ties, status.rollbacks, status.n_steps) == (4, 1, 1, 2)
+    assert stats.rollbacks == 1 and stats.ties == 1 and stats.finished == 1
+
+
+def test_a_tie_at_the_first_step_just_resamples(tmp_path, tok, templates):
+    def policy(q, steps, n, seed, visit):
+        if visit == 0:
+            return [f"Step 1: same {i}\nStep 2:" for i in range(n)]
+        return [f"Step 1: good \\boxed{{1}}"] + [f"Step 1: bad {i}\nStep 2:" for i in range(1, n)]
+
+    def judge(q, prev, a, b):
+        return "[[B]]" if "same" in a else good_first(q, prev, a, b)
+
+    stats, out = run(tmp_path, climbs(1), ScriptedGenerator(policy=policy, judge=judge), tok, templates)
+    [pair] = read_jsonl(out, PPDPair)
+    assert pair.chosen == "good \\boxed{1}" and pair.previous_steps == []
+    assert (stats.ties, stats.rollbacks, stats.expansions) == (1, 0, 2)
+
+
+def test_expansion_cap_stops_and_unfinished_pairs_are_dropped_by_default(tmp_path, tok, templates):
+    gen = ScriptedGenerator(policy=ladder, judge=lambda *a: "[[A]]")  # always a tie
+    stats, out = run(tmp_path, climbs(3), gen, tok, templates, search=search_params(width=3, expansion_cap=5))
+    assert not out.exists() or read_jsonl(out, PPDPair) == []
+    [status] = read_jsonl(status_path(out), QuestionStatus)
+    assert (status.stop, status.finished, status.expansions, status.ties) == ("expansion_cap", False, 5, 5)
+    assert len(gen.calls) == 10 and stats.finished == 0 and stats.finished_rate == 0.0
+    assert stats.position_consistency == 0.0
+
+
+def test_max_steps_cap_and_keep_unfinished(tmp_path, tok, templates):
+    never_final = lambda q, steps, n, seed, visit: ladder("climb 99", steps, n, seed, visit)  # noqa: E731
+    for keep, expected in ((False, 0), (True, 3)):
+        gen = ScriptedGenerator(policy=never_final, judge=good_first)
+        stats, out = run(tmp_path, climbs(99), gen, tok, templates, name=f"k{keep}.jsonl",
+                         search=search_params(max_steps=3, keep_unfinished=keep))
+        pairs = read_jsonl(out, PPDPair) if out.exists() else []
+        assert len(pairs) == expected and stats.pairs == expected
+        [status] = read_jsonl(status_path(out), QuestionStatus)
+        assert (status.stop, status.n_steps, status.finished) == ("max_steps", 3, False)
+
+
+def test_identical_chosen_and_rejected_texts_never_make_a_pair():
+    state = _State(Question("q", "climb 2"), prompt="p")
+    verdicts = GroupJudgment(wins=[4, 2, 0])  # e.g. a sampled judge scored two copies differently
+    _advance(state, ["same", "other", "same"], [False] * 3, verdicts, search_params(width=3), 1, 0)
+    assert state.steps == ["same"] and state.pairs == [None]  # the search goes on, no pair
+    _advance(state, ["x", "y", "z"], [True, False, False], GroupJudgment(wins=[4, 2, 0]), search_params(width=3), 1, 0)
+    assert state.pairs[0] is None and state.pairs[1].chosen == "x" and state.stop == "final"
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_file(tmp_path, tok, templates):
+    questions = climbs(1, 2, 3, 4)
+    full_stats, full = run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first), tok, templates,
+                           name="full.jsonl", search=search_params(width=3))
+    for crash_at in (3, 4, 5, 6, 7):  # kills in several rounds, before and after questions finish
+        name = f"crash{crash_at}.jsonl"
+        with pytest.raises(Crash):
+            run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first, fail_after=crash_at),
+                tok, templates, name=name, search=search_params(width=3))
+        again = ScriptedGenerator(policy=ladder, judge=good_first)
+        stats, out = run(tmp_path, questions, again, tok, templates, name=name, search=search_params(width=3))
+        assert out.read_bytes() == full.read_bytes()
+        assert status_path(out).read_bytes() == status_path(full).read_bytes()
+        assert stats.resumed == (crash_at - 1) // 2  # one question finishes per completed round
+        same = {k: v for k, v in stats.to_dict().items() if k not in ("wall_time_s", "resumed")}
+        assert same == {k: v for k, v in full_stats.to_dict().items() if k not in ("wall_time_s", "resumed")}
+    # a finished file is not searched again
+    idle = ScriptedGenerator(policy=ladder, judge=good_first)
+    stats, _ = run(tmp_path, questions, idle, tok, templates, name="full.jsonl", search=search_params(width=3))
+    assert idle.calls == [] and stats.resumed == 4 and stats.pairs == full_stats.pairs
+
+
+def test_a_kill_between_pairs_and_status_drops_the_orphan_pairs(tmp_path, tok, templates):
+    questions = climbs(2, 3)
+    _, full = run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first), tok, templates,
+                  name="full.jsonl")
+    expected = full.read_bytes()
+    # the last question's pairs are on disk, its status line never made it, and a torn line follows
+    log = status_path(full)
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    with open(full, "a") as f:
+        f.write('{"id": "c3#9", "question": "cli')
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    stats, _ = run(tmp_path, questions, gen, tok, templates, name="full.jsonl")
+    assert full.read_bytes() == expected and stats.resumed == 1
+    assert {c[0] for c in gen.calls} == {"policy", "judge"} and gen.calls[0][1] == 1  # only c3 again
+
+
+def test_files_that_disagree_are_an_error(tmp_path, tok, templates):
+    _, out = run(tmp_path, climbs(2), ScriptedGenerator(policy=ladder, judge=good_first), tok, templates)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]))  # a pair went missing although its status vouches for it
+    with pytest.raises(RecordError, match="pairs"):
+        run(tmp_path, climbs(2), ScriptedGenerator(policy=ladder, judge=good_first), tok, templates)
+
+
+def test_same_seed_same_file_other_seed_other_file(tmp_path, tok, templates):
+    files = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        _, out = run(tmp_path, climbs(2, 3), ScriptedGenerator(policy=ladder, judge=good_first), tok, templates,
+                     name=f"{name}.jsonl", seed=seed)
+        files[name] = out.read_bytes()
+    assert files["a"] == files["b"] and files["a"] != files["c"]
+
+
+def test_no_gold_answer_can_reach_the_search(tmp_path, tok, templates):
+    gold = "GOLD-4242"
+    problems = [Problem(id=f"p{i}", question=f"climb {i}", gold=gold, steps=[f"good {i} \\boxed{{{gold}}}"])
+                for i in (1, 2)]
+    questions = [Question(id=p.id, question=p.question) for p in problems]
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    run(tmp_path, questions, gen, tok, templates)
+    solve_with_search(questions, gen, templates, tok, search_params(), GREEDY, seed=0, progress=False)
+    assert gen.prompts and not any(gold in p for p in gen.prompts)
+    assert {f.name for f in dataclasses.fields(Question)} == {"id", "question"}
+    for fn in (step_search, solve_with_search):
+        names = set(inspect.signature(fn).parameters)
+        assert not {n for n in names if re.search("gold|answer|solution|reference", n)}
+    with pytest.raises(TypeError, match="Question"):
+        run(tmp_path, problems, gen, tok, templates, name="bad.jsonl")
+
+
+def test_bad_inputs_fail_before_any_compute(tmp_path, tok, templates):
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    with pytest.raises(ValueError, match="duplicate question id"):
+        run(tmp_path, [Question("x", "climb 1"), Question("x", "climb 2")], gen, tok, templates)
+    with pytest.raises(ValueError, match="width"):
+        run(tmp_path, climbs(1), gen, tok, templates, search=dataclasses.replace(search_params(), width=1))
+    assert gen.calls == []
+
+
+def test_solve_with_search_returns_full_solutions_and_writes_nothing(tmp_path, tok, templates, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    out = solve_with_search(climbs(2, 1), gen, templates, tok, search_params(), GREEDY, seed=0, progress=False)
+    assert out == ["Step 1: good 1\nStep 2: good 2 \\boxed{2}", "Step 1: good 1 \\boxed{1}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- real tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    set_threads(1)
+    corpus = ["Solve step by step. Put the answer in \\boxed{}.\nProblem: climb 2\nStep 1: 2 + 3 = 5",
+              "Which next step is better? [[A]] or [[B]]"] * 10
+    tok = train_tokenizer(corpus, 300)
+    model = build_tiny_model(ModelParams(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 0)
+    return model.eval(), tok
+
+
+class JudgeByLength:
+    """Real HF sampling for candidates, a scripted judge (longer step wins; random weights never
+    write a verdict) so that the run produces pairs whose texts come from the model."""
+
+    def __init__(self, engine: HFGenerator):
+        self.engine = engine
+        self.judge_calls = 0
+
+    def generate(self, prompts, **kw):
+        if prompts and _A.search(prompts[0]):
+            self.judge_calls += 1
+            out = []
+            for p in prompts:
+                a, b = _A.search(p).group(1), _B.search(p).group(1)
+                verdict = "[[A]]" if (len(a), a) > (len(b), b) else "[[B]]"
+                out.append([Sample(verdict, 2, "eos")])
+            return out
+        return self.engine.generate(prompts, **kw)
+
+
+def test_end_to_end_on_a_real_tiny_model(tmp_path, tiny, templates):
+    model, tok = tiny
+    search = search_params(width=3, max_step_tokens=6, max_steps=2, expansion_cap=3, max_tokens_per_batch=4096)
+    judge = JudgeParams(do_sample=False, max_new_tokens=5)
+    questions = [Question(id=f"t{i}", question=f"climb {i}") for i in range(3)]
+    engine = HFGenerator(model, tok, search.max_tokens_per_batch)
+    stats, out = run(tmp_path, questions, engine, tok, templates, name="hf.jsonl", search=search, judge=judge, seed=3)
+    assert isinstance(stats, SearchStats) and stats.questions == 3
+    statuses = read_jsonl(status_path(out), QuestionStatus)
+    assert sorted(s.id for s in statuses) == ["t0", "t1", "t2"]
+    assert stats.judge_calls == stats.expansions * 6 and 3 <= stats.expansions <= 9
+    assert stats.candidate_tokens > 0 and stats.judge_tokens > 0 and 0 <= stats.parse_rate <= 100
+    _, again = run(tmp_path, questions, HFGenerator(model, tok, search.max_tokens_per_batch), tok, templates,
+                   name="hf2.jsonl", search=search, judge=judge, seed=3)
+    assert status_path(again).read_bytes() == status_path(out).read_bytes()
+
+
+def test_real_sampling_same_seed_same_ppd_file(tmp_path, tiny, templates):
+    model, tok = tiny
+    search = search_params(width=3, max_step_tokens=6, max_steps=2, expansion_cap=3, keep_unfinished=True)
+    questions = [Question(id=f"t{i}", question=f"climb {i}") for i in range(3)]
+    files = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        gen = JudgeByLength(HFGenerator(model, tok, search.max_tokens_per_batch))
+        stats, out = run(tmp_path, questions, gen, tok, templates, name=f"{name}.jsonl", search=search, seed=seed)
+        files[name] = out.read_bytes()
+        assert stats.pairs == 6 and gen.judge_calls == 2  # lockstep: one judge call per round
+    assert files["a"] == files["b"] != files["c"]
+    pairs = read_jsonl(tmp_path / "a.jsonl", PPDPair)
+    assert all(len(p.chosen) >= len(p.rejected) and p.chosen != p.rejected for p in pairs)
