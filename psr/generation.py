@@ -34,7 +34,9 @@ class Sample:
 
 class Generator(Protocol):
     """The engine interface: `n` samples for every prompt, in prompt order. `temperature == 0`
-    means greedy. The same `seed` with the same inputs gives the same samples."""
+    means greedy. Sample j of a prompt depends only on (that prompt's seed, the prompt, j), where
+    a prompt's seed is `seeds[i]` when given, else `seed`: never on what else is in the batch, so
+    a resumed run (with other batch companions) draws the same samples as an uninterrupted one."""
 
     def generate(
         self,
@@ -46,6 +48,7 @@ class Generator(Protocol):
         max_new_tokens: int,
         stop: str | None,
         seed: int,
+        seeds: list[int] | None = None,
     ) -> list[list[Sample]]: ...
 
 
@@ -152,6 +155,37 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return k
 
 
+class _RowSampler:
+    """Temperature + nucleus sampling where row r's t-th token uses the t-th number of its own
+    uniform stream (seeded per row), by inverse-CDF over the top-p set. The chosen token gets
+    logit 0 and every other -inf, so `generate`'s greedy step takes it. Written by hand because
+    HF's sampler draws all rows from one global RNG stream (batch-dependent results)."""
+
+    def __init__(self, row_seeds: list[int], temperature: float, top_p: float, max_new_tokens: int):
+        self.temperature = temperature
+        self.top_p = top_p
+        self.start = 0
+        self.uniforms = torch.stack(
+            [torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+             for s in row_seeds]
+        )
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.start
+        probs = torch.softmax(scores.double() / self.temperature, dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        keep = (cumulative - sorted_probs) < self.top_p
+        sorted_probs = sorted_probs * keep
+        cdf = sorted_probs.cumsum(dim=-1)
+        u = self.uniforms[: scores.shape[0], step].to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+        token = order.gather(-1, pick)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, token, 0.0)
+
+
 class HFGenerator:
     """Batched Hugging Face `generate`: prompts x n rows, cut into chunks of at most
     `max_tokens_per_batch` (rows x (padded prompt + max_new_tokens)).
@@ -163,8 +197,8 @@ class HFGenerator:
     - a preallocated (static) KV cache, so decoding does not re-copy the cache every token.
     Greedy requests decode each distinct prompt once and copy the result.
 
-    Sampling is seeded per chunk from (seed, chunk index), so results depend on the inputs and the
-    seed, not on timing."""
+    Sampling is seeded per row from (prompt seed, prompt, sample index) (`_RowSampler`), so a
+    sample never depends on the batch it was drawn in, nor on timing."""
 
     def __init__(self, model, tokenizer, max_tokens_per_batch: int = 32768, *, share_prefixes: bool = True,
                  static_cache: bool = True):
@@ -197,8 +231,11 @@ class HFGenerator:
         max_new_tokens: int,
         stop: str | None,
         seed: int,
+        seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
         check_request(prompts, n, temperature, top_p, max_new_tokens)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds must have one entry per prompt ({len(seeds)} for {len(prompts)} prompts)")
         if not prompts:
             return []
         greedy = temperature == 0
@@ -212,10 +249,17 @@ class HFGenerator:
         if any(not x for x in encoded):
             raise ValueError("every prompt must encode to at least one token")
         groups = share_groups(encoded) if self.share_prefixes else [_Group(0, [i]) for i in range(len(rows))]
+        row_seeds = None
+        if not greedy:
+            base = seeds if seeds is not None else [seed] * len(prompts)
+            row_seeds = [derive_seed(base[k], prompts[k], j) for k in range(len(prompts)) for j in range(n)]
         results: list[Sample | None] = [None] * len(rows)
-        for chunk_index, chunk in enumerate(self._chunks(groups, encoded, max_new_tokens)):
-            torch.manual_seed(derive_seed(seed, chunk_index))
-            samples = self._generate_chunk(chunk, encoded, greedy, temperature, top_p, max_new_tokens, stop)
+        for chunk in self._chunks(groups, encoded, max_new_tokens):
+            sampler = None
+            if row_seeds is not None:
+                order = [i for g in chunk for i in g.rows]
+                sampler = _RowSampler([row_seeds[i] for i in order], temperature, top_p, max_new_tokens)
+            samples = self._generate_chunk(chunk, encoded, sampler, max_new_tokens, stop)
             for i, s in zip((i for g in chunk for i in g.rows), samples):
                 results[i] = s
         if greedy:
@@ -253,13 +297,11 @@ class HFGenerator:
         self,
         groups: list[_Group],
         encoded: list[list[int]],
-        greedy: bool,
-        temperature: float,
-        top_p: float,
+        sampler: "_RowSampler | None",
         max_new_tokens: int,
         stop: str | None,
     ) -> list[Sample]:
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         pad = self.tokenizer.pad_token_id
         device = self.model.device
@@ -277,7 +319,12 @@ class HFGenerator:
         input_ids = torch.tensor(ids, dtype=torch.long, device=device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
         criteria = _StopAfterPrompt(self.tokenizer, stop, width, len(rows)) if stop else None
-        kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        # Sampling is done by our own per-row processor (then greedy picks its token): HF samples
+        # the whole batch from one RNG stream, which ties a row's sample to its batch companions.
+        kwargs: dict = dict(do_sample=False)
+        if sampler is not None:
+            sampler.start = width
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         with torch.inference_mode():
             if self.static_cache:
                 kwargs["past_key_values"] = self._prefilled_cache(groups, encoded, width_p, width + max_new_tokens)
@@ -352,7 +399,7 @@ def _has_plain_static_cache(model) -> bool:
 
 class VLLMGenerator:
     """The same interface on vLLM (GPU), imported only when constructed so this module loads
-    without vLLM. Each prompt gets its own seed (derived from `seed` and its index), so results do
+    without vLLM. Each prompt gets its own seed (from its seed and its text), so results do
     not depend on how vLLM schedules the batch. `adapter_dir`: a PEFT LoRA served via LoRARequest."""
 
     def __init__(self, model_path: str | Path, adapter_dir: str | Path | None = None, **llm_kwargs):
@@ -396,6 +443,7 @@ class VLLMGenerator:
         max_new_tokens: int,
         stop: str | None,
         seed: int,
+        seeds: list[int] | None = None,
     ) -> list[list[Sample]]:  # pragma: no cover - needs a GPU and vllm
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
@@ -410,7 +458,7 @@ class VLLMGenerator:
                 top_p=top_p if temperature > 0 else 1.0,
                 max_tokens=max_new_tokens,
                 stop=[stop] if stop else None,
-                seed=derive_seed(seed, i),
+                seed=derive_seed(seeds[i] if seeds is not None else seed, prompts[i]),
             )
             for i in range(len(prompts))
         ]

@@ -4,7 +4,8 @@ by the model itself.
 Per question: sample N solutions, have the same model score each one `n_score_repeats` times with
 the solution-scoring prompt (`Score: N`), average the parsed scores, and pair the best with the
 worst; equal scores give no pair. Like the step search, no gold answer is used. One JSON line per
-question (its pair or none, with all scores) makes the file resumable after a kill.
+question (its pair or none, with all scores) makes the file resumable after a kill; samples
+depend only on (seed, prompt), so a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from psr.config import SRLMParams
+from psr.generation import derive_seed
 from psr.io import append_jsonl, read_jsonl
 from psr.prompts import Templates, chat_prompt, parse_score
 from psr.records import Question, SolutionPair
@@ -65,7 +67,7 @@ def srlm_pairs(
         prompts = [chat_prompt(tokenizer, templates.reasoning_prompt(q.question)) for q in chunk]
         solutions = generator.generate(
             prompts, n=params.n_candidates, temperature=params.temperature, top_p=params.top_p,
-            max_new_tokens=params.max_new_tokens, stop=None, seed=_seed(seed, iteration, chunk[0].id, 0),
+            max_new_tokens=params.max_new_tokens, stop=None, seed=derive_seed(seed, iteration, "solutions"),
         )
         score_prompts = [
             chat_prompt(tokenizer, templates.srlm_prompt(q.question, s.text.strip()))
@@ -74,7 +76,7 @@ def srlm_pairs(
         ]
         scored = generator.generate(
             score_prompts, n=params.n_score_repeats, temperature=params.temperature, top_p=params.top_p,
-            max_new_tokens=params.score_max_new_tokens, stop=None, seed=_seed(seed, iteration, chunk[0].id, 1),
+            max_new_tokens=params.score_max_new_tokens, stop=None, seed=derive_seed(seed, iteration, "scores"),
         )
         results = []
         for qi, (q, sols) in enumerate(zip(chunk, solutions)):
@@ -85,12 +87,6 @@ def srlm_pairs(
         bar.update(len(chunk))
     bar.close()
     return summarise(_read(out_path), questions, time.perf_counter() - start)
-
-
-def _seed(seed: int, iteration: int, first_id: str, part: int) -> int:
-    import zlib
-
-    return zlib.crc32(f"{seed}/{iteration}/{first_id}/{part}".encode()) & 0x7FFFFFFF
 
 
 def _pair(q: Question, texts: list[str], raw: list[list[float | None]], iteration: int) -> SRLMQuestionResult:

@@ -153,6 +153,31 @@ def test_n_samples_seeding_and_greedy_copies(trained):
     assert all(len(set(x)) == 1 and len(x) == 3 for x in g)
 
 
+def test_samples_do_not_depend_on_batch_companions_or_chunking(trained):
+    """What makes a resumed search replay an uninterrupted one: a prompt's samples are a function
+    of (its seed, the prompt, the sample index) only."""
+    model, tok = trained
+    q = chat_prompt(tok, QUESTION)
+    kw = dict(n=4, temperature=3.0, top_p=0.95, max_new_tokens=12, stop=STOP_STRING)
+    alone = HFGenerator(model, tok).generate([q], seed=7, **kw)[0]
+    assert len({s.text for s in alone}) > 1  # really sampled
+    crowd = HFGenerator(model, tok, max_tokens_per_batch=64).generate(["Step", q, q + "Step 1:"], seeds=[1, 7, 3], **kw, seed=0)
+    assert crowd[1] == alone
+    assert HFGenerator(model, tok).generate([q], seeds=[8], **kw, seed=7)[0] != alone  # per-prompt seed wins
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from psr.generation import _RowSampler
+
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    picks = set()
+    for s in range(200):
+        sampler = _RowSampler([s], temperature=1.0, top_p=0.7, max_new_tokens=1)
+        out = sampler(torch.zeros((1, 0), dtype=torch.long), scores.clone())
+        picks.add(int(out.argmax()))
+    assert picks == {0, 1}  # 0.6 + 0.3 reaches 0.7; token 2 is never drawn
+
+
 def test_bad_arguments_fail_clearly(trained):
     model, tok = trained
     gen = HFGenerator(model, tok)
