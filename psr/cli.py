@@ -9,6 +9,11 @@ from psr.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
+        from psr.gpu_check import main as gpu_main
+
+        return gpu_main(argv[1:])
     parser = argparse.ArgumentParser(prog="psr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the whole study (papermill executes the notebooks in order)")

