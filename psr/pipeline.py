@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,6 +130,13 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
     """Execute the whole study; returns the path of metrics.json."""
     overrides = list(overrides or [])
     params = load(params_path, overrides)  # fails before any compute or write
+    lock = threading.Lock()
+    raw_log = log
+
+    def log(msg: str) -> None:  # chains log from threads: one whole line at a time
+        with lock:
+            raw_log(msg)
+
     root = run_root(params)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "params.json", {"source": str(params_path), "overrides": overrides, "params": params.to_dict()})
@@ -140,19 +148,26 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
     for seed in params.run.seeds:
         prepare_data(params, layout_for(params, seed), log=log)
     chains = [(seed, arm) for seed in params.run.seeds for arm in params.run.arms]
+    stop = threading.Event()  # the first failure stops the other chains before their next stage
     with ThreadPoolExecutor(max_workers=min(params.run.workers, len(chains))) as pool:
-        futures = [pool.submit(_run_chain, str(params_path), overrides, params, seed, arm, start, log) for seed, arm in chains]
-        for f in futures:
-            f.result()
+        futures = [pool.submit(_run_chain, str(params_path), overrides, params, seed, arm, start, log, stop)
+                   for seed, arm in chains]
+        errors = [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise failed[0]
     report_nb = root / "06_report.ipynb"
     _execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(params_path), "overrides": overrides}, log, "06_report", start)
     log(f"done in {time.perf_counter() - start:.0f}s: {root / 'metrics.json'}")
     return root / "metrics.json"
 
 
-def _run_chain(params_path: str, overrides: list[str], params: Params, seed: int, arm: str, start: float, log) -> None:
+def _run_chain(params_path: str, overrides: list[str], params: Params, seed: int, arm: str, start: float, log,
+               stop: threading.Event) -> None:
     layout = layout_for(params, seed)
     for stage, k in plan(params):
+        if stop.is_set():
+            return
         tag = f"[seed {seed} {arm}] {stage} M{k}" if len(params.run.seeds) > 1 else f"[{arm}] {stage} M{k}"
         if is_done(params, layout, arm, stage, k):
             log(f"{tag}: done already, skipped")
@@ -160,12 +175,16 @@ def _run_chain(params_path: str, overrides: list[str], params: Params, seed: int
         key = stage_key(params, seed, arm, stage, k)
         _reset_if_stale(layout.stage_dir(arm, k, stage), key)
         t0 = time.perf_counter()
-        _execute(
-            NOTEBOOK_DIR / f"{stage}.ipynb",
-            layout.notebook_path(arm, k, stage),
-            {"params_path": params_path, "overrides": overrides, "seed": seed, "arm": arm, "k": k},
-            log, tag, start,
-        )
+        try:
+            _execute(
+                NOTEBOOK_DIR / f"{stage}.ipynb",
+                layout.notebook_path(arm, k, stage),
+                {"params_path": params_path, "overrides": overrides, "seed": seed, "arm": arm, "k": k},
+                log, tag, start,
+            )
+        except BaseException:
+            stop.set()
+            raise
         wall = time.perf_counter() - t0
         write_json(layout.marker_path(arm, k, stage), {"key": key, "wall_s": round(wall, 2), "stage": stage, "k": k})
 
@@ -184,13 +203,15 @@ def _execute(src: Path, dst: Path, parameters: dict, log, tag: str, start: float
     import papermill as pm
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.running")
+    tmp = dst.with_name(f".{dst.stem}.running.ipynb")
     t0 = time.perf_counter()
     log(f"{tag}: running ({time.perf_counter() - start:.0f}s elapsed)")
     try:
         pm.execute_notebook(
             str(src), str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False,
             cwd=str(Path.cwd()), language="python",
+            # the kernel's start-up chatter (a TCP-transport warning) would bury the progress lines
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as e:
         failed = dst.with_name(dst.stem + ".failed.ipynb")

@@ -225,15 +225,34 @@ def dpo_stage(ctx: Context) -> dict:
     ref = ctx.layout.model_dir(ctx.arm, 1) if p.dpo.reference == "m1" else None
     out_dir = ctx.layout.model_dir(ctx.arm, ctx.k + 1)
     t0 = time.perf_counter()
-    if not examples:
-        raise RuntimeError(f"PPD(M{ctx.k}) has no pairs: nothing to train M{ctx.k + 1} on")
-    out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed)
+    if examples:
+        out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed)
+    else:
+        out = carry_over(ctx.model_dir, out_dir)
     manifest = read_json(Path(out) / "manifest.json")
     return _save(ctx, "04_step_dpo", {
         "model": str(out), "pairs": len(examples),
         "train": {k: v for k, v in manifest.items() if k != "log_history"},
         "log_history": manifest.get("log_history", []), "wall_s": round(time.perf_counter() - t0, 2),
     })
+
+
+def carry_over(model_dir: Path, out_dir: Path) -> Path:
+    """No preference pairs at all (every search unfinished or every score tied): M_{k+1} is M_k,
+    copied with a manifest that says so, and the study goes on rather than stopping."""
+    import shutil
+
+    from psr import lineage
+
+    inputs = {"parent": lineage.model_identity(model_dir), "pairs": 0}
+    if lineage.is_complete(out_dir, inputs):
+        return out_dir
+    with lineage.staging(out_dir) as tmp:
+        for item in Path(model_dir).iterdir():
+            if item.name != lineage.MANIFEST:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        lineage.write_manifest(tmp, stage="carry_over", inputs=inputs, note="no preference pairs: M_k copied")
+    return out_dir
 
 
 # ----------------------------------------------------------------------------- 05 evaluation

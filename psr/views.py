@@ -62,10 +62,15 @@ def _md_block(text: str) -> str:
 
 
 def examples_table(records: list) -> Markdown:
-    """EFT records as question / earlier steps / the two candidates / judgment."""
+    """EFT records: question / earlier steps / the two candidates / judgment (PSRLM), or
+    question / response / judgment (SRLM's solution scoring)."""
     parts = []
     for r in records:
         d = dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r)
+        if "response" in d:  # SRLM solution-scoring EFT
+            parts.append(f"**{d['id']}**: {d['question']}\n\n" + _md_block(d["response"])
+                         + f"\n\njudgment: `{d['judgment']}`")
+            continue
         parts.append(
             f"**{d['id']}** ({d.get('error', '')}): {d['question']}\n\n"
             + _md_block(join_steps(d["previous_steps"]) or "(no earlier steps)")
