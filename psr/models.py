@@ -8,6 +8,7 @@ that holds a PEFT adapter (`adapter_config.json`) is loaded as base + adapter.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -139,6 +140,10 @@ def load_model(path_or_name: str | Path, params: ModelParams, trainable: bool = 
         dtype=_dtype(params),
         quantization_config=quantization_config(params),
     )
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # one process, one GPU: put the model there (4-bit weights must be placed at load time);
+        # under accelerate/DeepSpeed the launcher places each shard instead
+        common["device_map"] = {"": torch.cuda.current_device()}
     if is_adapter_dir(path):
         from peft import PeftModel
 
