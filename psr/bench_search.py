@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m psr.bench_search", description=__doc__.split("\n\n")[1])
     ap.add_argument("--params", default="params/tiny.yaml", help="preset (search/judge/model sections are used)")
     ap.add_argument("--model", default=None, help="model folder (default: a tiny random-weight M0)")
-    ap.add_argument("--questions", type=int, default=8, help="questions searched by both loops")
-    ap.add_argument("--expansions", type=int, default=2,
+    ap.add_argument("--questions", type=int, default=32, help="questions searched by both loops")
+    ap.add_argument("--expansions", type=int, default=1,
                     help="expansion cap per question in both loops (keeps the naive loop short)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

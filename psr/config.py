@@ -69,6 +69,9 @@ class TaskParams:
     operations: tuple[str, ...] = ("+", "-", "*")
     max_value: int = 999  # every intermediate value stays in [1, max_value]
     max_factor: int = 5  # multiplication is by 2..max_factor
+    # question text: `varied` (several sentence templates, names, objects) or `plain` (one
+    # template per operation and few names: a tiny from-scratch model finds the operands sooner)
+    wording: Literal["varied", "plain"] = "varied"
     n_ift: int = 2000
     n_eft: int = 2000
     n_eft_test: int = 500
@@ -179,8 +182,9 @@ class WarmupParams:
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
-    eft_fraction: float = -1.0  # -1: use all EFT records as they come; else resample to this share
     max_steps: int = -1
+    # batches of similar length waste less compute on padding (IFT and EFT lengths differ ~2x)
+    sampling: Literal["random", "group_by_length"] = "random"
 
     def check(self) -> dict[str, str]:
         return _check_training(self)
@@ -253,6 +257,7 @@ class DPOParams:
     reference: Literal["previous", "m1"] = "previous"
     nll_weight: float = 0.0  # TRL's rpo_alpha; paper: none
     max_steps: int = -1
+    sampling: Literal["random", "group_by_length"] = "random"
 
     def check(self) -> dict[str, str]:
         errors = _check_training(self)

@@ -222,6 +222,7 @@ def _common_args(section, n_examples: int, out: Path, seed: int, params: Params)
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        train_sampling_strategy=section.sampling,
     )
 
 

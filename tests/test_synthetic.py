@@ -310,3 +310,56 @@ def test_impossible_requests_fail_clearly():
         syn.make_problem(random.Random(0), 0, TaskParams())
     with pytest.raises(TypeError):
         syn.make_problem(0, 2, TaskParams())  # type: ignore[arg-type]
+
+
+PLAIN = dataclasses.replace(PARAMS, wording="plain", max_operand=9, max_value=60, max_factor=3)
+
+
+def _template_of(sentence: str) -> str:
+    """A sentence with its name, pronoun, object and number abstracted away."""
+    out = re.sub(r"\d+", "#", sentence)
+    out = re.sub(r"\b(She|He)\b", "P", out)
+    return out
+
+
+def test_plain_wording_is_one_regular_sentence_per_operation():
+    task = syn.build_task(PLAIN, seed=0)
+    problems = [(r.question, r.steps) for r in task.ift] + [(p.question, p.steps) for p in task.test]
+    templates: dict[str, set[str]] = {"+": set(), "-": set(), "*": set()}
+    names, objects = set(), set()
+    for question, steps in problems:
+        _check_solution_chain(question, steps, None, PLAIN.max_factor)
+        sentences = re.split(r"(?<=[.?]) ", question)
+        first = re.match(r"^([A-Z][a-z]+) has (\d+) ([a-z]+)\.$", sentences[0])
+        assert first, sentences[0]
+        names.add(first[1])
+        objects.add(first[3])
+        assert sentences[-1] == f"How many {first[3]} does {first[1]} have now?"
+        for sentence, step in zip(sentences[1:-1], steps):
+            op, b = EQ.match(step)[2], EQ.match(step)[3]
+            assert re.findall(r"\d+", sentence) == [b]  # the operand is the sentence's only number
+            templates[op].add(_template_of(sentence))
+        assert syn.parse_question(question).steps() == steps
+    assert all(len(t) == 1 for t in templates.values()), templates
+    assert len(set.union(*templates.values())) == 3
+    assert names <= set(syn.PLAIN_NAMES) and len(names) > 1
+    assert objects <= set(syn.PLAIN_OBJECTS) and len(objects) > 1
+    # EFT/SRLM judgments work unchanged on plain questions.
+    for r in task.eft[:50]:
+        assert parse_verdict(r.judgment) == r.verdict
+        assert syn.eft_judgment(r.question, list(r.previous_steps), r.step_a, r.step_b)[1] == r.verdict
+
+
+def test_varied_wording_is_the_default_and_uses_many_templates(task):
+    assert TaskParams().wording == "varied"
+    assert syn.build_task(dataclasses.replace(PARAMS, wording="varied"), 0).test == task.test
+    op_templates = {_template_of(s) for r in task.ift for s in re.split(r"(?<=[.?]) ", r.question)[1:-1]}
+    assert len(op_templates) > 6
+    plain = syn.build_task(dataclasses.replace(PARAMS, wording="plain"), 0)
+    mean = lambda qs: sum(len(q) for q in qs) / len(qs)  # noqa: E731
+    assert mean([r.question for r in plain.ift]) < mean([r.question for r in task.ift])
+
+
+def test_unknown_wording_is_rejected():
+    with pytest.raises(ConfigError, match="wording"):
+        Params().replace({"task.wording": "fancy"})

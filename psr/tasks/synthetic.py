@@ -88,6 +88,15 @@ OP_TEMPLATES: tuple[tuple[str, str, int | None], ...] = tuple(
 ) + (("*", "The number of {obj} doubles.", 2), ("*", "The number of {obj} triples.", 3))
 END_TEMPLATE = "How many {obj} does {name} have now?"
 
+# `wording: plain`: a subset of the templates above (so `parse_question` reads both wordings),
+# one sentence per operation, each with exactly one number, and few names and objects. A tiny
+# model trained from scratch for minutes then spends its steps on arithmetic rather than on
+# learning to find the operand among paraphrases (measured in params/tiny.yaml's notes).
+PLAIN_NAMES = ("Mia", "Leo", "Ava", "Sam")
+PLAIN_OBJECTS = ("apples", "coins", "cards", "pens")
+PLAIN_START = START_TEMPLATES[0]
+PLAIN_OP_TEMPLATES: dict[str, str] = {"+": "{P} buys {x} more.", "-": "{P} sells {x}.", "*": "{P} multiplies them by {x}."}
+
 
 def _regex(template: str) -> re.Pattern:
     pattern = re.escape(template)
@@ -207,6 +216,8 @@ def _make_chain(rng: random.Random, n_ops: int, params: TaskParams) -> tuple[Cha
             f"cannot make a {n_ops}-operation chain with operations {params.operations}, "
             f"max_operand {params.max_operand}, max_value {max_value}"
         )
+    if params.wording == "plain":
+        return Chain(start, tuple(ops)), _plain_sentences(rng, start, ops)
     name = rng.choice(sorted(NAMES))
     pronoun = NAMES[name]
     obj = rng.choice(OBJECTS)
@@ -216,6 +227,14 @@ def _make_chain(rng: random.Random, n_ops: int, params: TaskParams) -> tuple[Cha
         sentences.append(rng.choice(choices).format(P=pronoun.capitalize(), p=pronoun, x=x, obj=obj))
     sentences.append(END_TEMPLATE.format(obj=obj, name=name))
     return Chain(start, tuple(ops)), sentences
+
+
+def _plain_sentences(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> list[str]:
+    name, obj = rng.choice(PLAIN_NAMES), rng.choice(PLAIN_OBJECTS)
+    pronoun = NAMES[name].capitalize()
+    return ([PLAIN_START.format(name=name, n=start, obj=obj)]
+            + [PLAIN_OP_TEMPLATES[op].format(P=pronoun, x=x) for op, x in ops]
+            + [END_TEMPLATE.format(obj=obj, name=name)])
 
 
 def make_problem(rng: random.Random, n_ops: int, params: TaskParams, id: str = "") -> Problem:
