@@ -54,6 +54,7 @@ class QuestionStatus:
     unordered_pairs: int
     candidate_tokens: int
     judge_tokens: int
+    unanimous: int = 0
 
 
 @dataclass
@@ -68,6 +69,7 @@ class SearchStats:
     pairs_per_question: float = 0.0
     expansions: int = 0
     ties: int = 0  # expansions whose scores were all equal
+    unanimous: int = 0  # expansions whose w candidates were all the same text (taken, no pair)
     rollbacks: int = 0  # steps dropped by those ties
     judge_calls: int = 0  # ordered comparisons
     judge_generations: int = 0  # distinct judge prompts decoded
@@ -103,6 +105,7 @@ class _State:
     unordered_pairs: int = 0
     candidate_tokens: int = 0
     judge_tokens: int = 0
+    unanimous: int = 0
 
     @property
     def done(self) -> bool:
@@ -146,13 +149,25 @@ def _advance(
     state: _State,
     contents: list[str],
     finals: list[bool],
-    verdicts: GroupJudgment,
+    verdicts: GroupJudgment | None,
     search: SearchParams,
     iteration: int,
     seed: int,
 ) -> None:
-    """Apply one expansion's judged candidates to a question (the paper's rule plus our caps)."""
+    """Apply one expansion's judged candidates to a question (the paper's rule plus our caps).
+    `contents` are the *distinct* candidate texts; with only one (`verdicts` is None) the model
+    was unanimous: that step is taken with no pair and no rollback."""
     state.expansions += 1
+    if verdicts is None:
+        state.unanimous += 1
+        state.steps.append(contents[0])
+        state.pairs.append(None)
+        if finals[0]:
+            state.final = True
+            state.stop = "final"
+            return
+        _check_caps(state, search)
+        return
     state.judge_calls += verdicts.n_judgments
     state.judge_generations += verdicts.n_generated
     state.parsed += verdicts.n_parsed
@@ -189,10 +204,26 @@ def _advance(
             state.final = True
             state.stop = "final"
             return
+    _check_caps(state, search)
+
+
+def _check_caps(state: _State, search: SearchParams) -> None:
     if len(state.steps) >= search.max_steps:
         state.stop = "max_steps"
     elif state.expansions >= search.expansion_cap:
         state.stop = "expansion_cap"
+
+
+def distinct_candidates(contents: list[str], finals: list[bool]) -> tuple[list[str], list[bool]]:
+    """The candidates with duplicates removed (first occurrence kept). The paper is silent on
+    duplicates; judging a text against itself only adds position noise, and a confident model at
+    T = 0.5 often samples the same step w times, which the all-equal rule would then roll back
+    forever. So scores are win counts over the ordered pairs of *distinct* candidates."""
+    seen: dict[str, int] = {}
+    for i, c in enumerate(contents):
+        seen.setdefault(c, i)
+    keep = list(seen.values())
+    return [contents[i] for i in keep], [finals[i] for i in keep]
 
 
 def _run(
@@ -235,10 +266,16 @@ def _run(
                 raise RuntimeError(f"generator returned a wrong number of samples for {len(active)} prompts")
             contents = [[strip_marker(x.text) for x in row] for row in samples]
             finals = [[is_final(c) or x.finish_reason == "eos" for c, x in zip(cs, row)] for cs, row in zip(contents, samples)]
-            groups = [JudgeGroup(s.question.question, list(s.steps), cs) for s, cs in zip(active, contents)]
-            verdicts = judge_groups(
+            distinct = [distinct_candidates(cs, fs) for cs, fs in zip(contents, finals)]
+            contents, finals = [d[0] for d in distinct], [d[1] for d in distinct]
+            judged = [i for i, cs in enumerate(contents) if len(cs) >= 2]
+            groups = [JudgeGroup(active[i].question.question, list(active[i].steps), contents[i]) for i in judged]
+            results = judge_groups(
                 groups, generator, templates, tokenizer, judge, seed=derive_seed(seed, iteration, "judge", round_index)
-            )
+            ) if groups else []
+            verdicts: list[GroupJudgment | None] = [None] * len(active)
+            for i, r in zip(judged, results):
+                verdicts[i] = r
             for s, cs, fs, row, v in zip(active, contents, finals, samples, verdicts):
                 s.candidate_tokens += sum(x.n_tokens for x in row)
                 _advance(s, cs, fs, v, search, iteration, seed)
@@ -269,6 +306,7 @@ def _status(s: _State, n_pairs: int) -> QuestionStatus:
         unordered_pairs=s.unordered_pairs,
         candidate_tokens=s.candidate_tokens,
         judge_tokens=s.judge_tokens,
+        unanimous=s.unanimous,
     )
 
 
@@ -307,6 +345,7 @@ def _stats(statuses: list[QuestionStatus], wall: float, resumed: int) -> SearchS
         pairs_per_question=pairs / n if n else 0.0,
         expansions=total("expansions"),
         ties=total("ties"),
+        unanimous=total("unanimous"),
         rollbacks=total("rollbacks"),
         judge_calls=calls,
         judge_generations=total("judge_generations"),

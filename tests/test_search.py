@@ -367,3 +367,34 @@ def test_real_sampling_same_seed_same_ppd_file(tmp_path, tiny, templates):
     assert files["a"] == files["b"] != files["c"]
     pairs = read_jsonl(tmp_path / "a.jsonl", PPDPair)
     assert all(len(p.chosen) >= len(p.rejected) and p.chosen != p.rejected for p in pairs)
+
+
+def test_unanimous_candidates_are_taken_without_judging_or_pair(tmp_path, tok, templates):
+    """A confident model samples the same step w times: nothing to compare, so the step is taken
+    (no judge call, no pair, no rollback) instead of being rolled back forever as an all-equal tie."""
+
+    def policy(q, steps, n, seed, visit):
+        k = len(steps) + 1
+        if k == 1:  # all four samples agree
+            return [f"Step 1: same\nStep 2: x"] * n
+        return ["Step 2: good \\boxed{2}" + EOS_MARK] + [f"Step 2: bad {i}{EOS_MARK}" for i in range(1, n)]
+
+    gen = ScriptedGenerator(policy=policy, judge=good_first)
+    stats, out = run(tmp_path, climbs(2), gen, tok, templates)
+    [pair] = read_jsonl(out, PPDPair)
+    assert pair.previous_steps == ["same"] and pair.chosen == "good \\boxed{2}"
+    assert stats.unanimous == 1 and stats.ties == 0 and stats.rollbacks == 0 and stats.finished == 1
+    assert gen.calls == [("policy", 1, 4), ("policy", 1, 4), ("judge", 12, 1)]
+
+
+def test_duplicate_candidates_are_scored_once(tmp_path, tok, templates):
+    """Scores are wins over ordered pairs of distinct texts: two copies of one step count once."""
+
+    def policy(q, steps, n, seed, visit):
+        return ["Step 1: good \\boxed{1}" + EOS_MARK] * 2 + [f"Step 1: bad{EOS_MARK}"] * (n - 2)
+
+    gen = ScriptedGenerator(policy=policy, judge=good_first)
+    stats, out = run(tmp_path, climbs(1), gen, tok, templates)
+    [pair] = read_jsonl(out, PPDPair)
+    assert pair.scores == [2, 0] and pair.chosen == "good \\boxed{1}" and pair.rejected == "bad"
+    assert stats.judge_calls == 2
