@@ -82,6 +82,10 @@ def _fmt(cell: dict | None, key: str = "accuracy") -> str:
     return f"{cell[key]:.1f} ± {sd:.1f}" if sd else f"{cell[key]:.1f}"
 
 
+def _num(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
 def report_markdown(metrics: dict) -> str:
     arms = metrics["arms"]
     models = sorted({m for a in arms.values() for m in a}, key=lambda s: int(s[1:]))
@@ -127,10 +131,10 @@ def report_markdown(metrics: dict) -> str:
             s = data.get(m, {}).get("search")
             if not s:
                 continue
-            other = {k: v for k, v in s.items() if k in ("finished_rate", "rollbacks", "parse_rate",
-                                                          "position_consistency", "ties", "score_parse_rate")}
+            other = {k: v for k, v in s.items() if k in ("finished_rate", "unanimous", "ties", "rollbacks",
+                                                          "parse_rate", "position_consistency", "score_parse_rate")}
             lines.append(f"| {arm} | {m} | {s.get('pairs', '–')} | {s.get('questions', '–')} | "
-                         + ", ".join(f"{k} {v}" for k, v in other.items()) + " |")
+                         + ", ".join(f"{k} {_num(v)}" for k, v in other.items()) + " |")
     return "\n".join(lines) + "\n"
 
 
