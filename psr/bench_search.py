@@ -28,6 +28,7 @@ from psr.generation import HFGenerator, derive_seed
 from psr.judge import judge_decoding, ordered_pairs
 from psr.prompts import Templates, chat_prompt, parse_verdict
 from psr.records import Question
+from psr.search import distinct_candidates
 from psr.steps import STOP_STRING, is_final, prefix_text, strip_marker
 
 
@@ -52,8 +53,15 @@ def naive_search(
                 max_new_tokens=search.max_step_tokens, stop=STOP_STRING, seed=derive_seed(seed, q.id, expansion),
             )
             contents = [strip_marker(s.text) for s in samples]
-            wins = [0] * search.width
-            for a, b in ordered_pairs(search.width):
+            finals = [is_final(c) or s.finish_reason == "eos" for c, s in zip(contents, samples)]
+            contents, finals = distinct_candidates(contents, finals)  # the same rule as the engine
+            if len(contents) == 1:
+                steps.append(contents[0])
+                if finals[0] or len(steps) >= search.max_steps:
+                    break
+                continue
+            wins = [0] * len(contents)
+            for a, b in ordered_pairs(len(contents)):
                 prompt = chat_prompt(tokenizer, templates.judge_prompt(q.question, steps, contents[a], contents[b]))
                 [[out]] = generator.generate(
                     [prompt], n=1, max_new_tokens=judge.max_new_tokens, stop=None, seed=seed, **judge_decoding(judge)
@@ -68,7 +76,7 @@ def naive_search(
                 continue
             best = wins.index(max(wins))
             steps.append(contents[best])
-            if is_final(contents[best]) or samples[best].finish_reason == "eos" or len(steps) >= search.max_steps:
+            if finals[best] or len(steps) >= search.max_steps:
                 break
     return judgments
 
@@ -105,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m psr.bench_search", description=__doc__.split("\n\n")[1])
     ap.add_argument("--params", default="params/tiny.yaml", help="preset (search/judge/model sections are used)")
     ap.add_argument("--model", default=None, help="model folder (default: a tiny random-weight M0)")
-    ap.add_argument("--questions", type=int, default=32, help="questions searched by both loops")
-    ap.add_argument("--expansions", type=int, default=1,
+    ap.add_argument("--questions", type=int, default=64, help="questions searched by both loops")
+    ap.add_argument("--expansions", type=int, default=3,
                     help="expansion cap per question in both loops (keeps the naive loop short)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
