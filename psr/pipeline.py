@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from psr.config import Params, load
-from psr.io import read_json, read_jsonl, write_json
+from psr.io import read_json, write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -256,8 +255,7 @@ class Context:
     def templates(self):
         from psr.prompts import Templates
 
-        base = Path(self.params.source).parent if self.params.source else Path(".")
-        return Templates.from_params(self.params.prompts, base)
+        return Templates.for_params(self.params)
 
 
 def load_json_if(path: Path) -> Any:

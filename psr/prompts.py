@@ -103,6 +103,12 @@ class Templates:
                 chosen[role] = text
         return cls(**chosen)
 
+    @classmethod
+    def for_params(cls, params) -> "Templates":
+        """The templates of a loaded preset (`file:` overrides are relative to the preset file)."""
+        base = Path(params.source).parent if params.source else Path(".")
+        return cls.from_params(params.prompts, base)
+
     def reasoning_prompt(self, question: str) -> str:
         return self.reasoning.format(question=question)
 

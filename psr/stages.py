@@ -36,9 +36,12 @@ def prepare_data(params, layout: Layout, log=print) -> Path:
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    templates = _templates(params)
+    from psr.prompts import Templates
+    from psr.tasks.synthetic import write_task
+
+    templates = Templates.for_params(params)
     task = build_task(params, layout.seed)
-    _write_task(task, tmp)
+    write_task(task, tmp)
     if params.model.kind == "tiny":
         from psr.models import train_tokenizer
         from psr.tasks.synthetic import corpus
@@ -67,24 +70,8 @@ def build_task(params, seed: int):
     return build_real_task(params, seed)
 
 
-def _write_task(task, out_dir: Path) -> None:
-    from psr.io import write_jsonl
-
-    for name in ("ift", "eft", "eft_test", "test", "srlm_eft"):
-        write_jsonl(out_dir / f"{name}.jsonl", getattr(task, name))
-    for i, pool in enumerate(task.pools, start=1):
-        write_jsonl(out_dir / f"pool_{i}.jsonl", pool)
-
-
 def load_records(data_dir: Path, name: str, record_type):
     return read_jsonl(Path(data_dir) / f"{name}.jsonl", record_type)
-
-
-def _templates(params):
-    from psr.prompts import Templates
-
-    base = Path(params.source).parent if params.source else Path(".")
-    return Templates.from_params(params.prompts, base)
 
 
 def _tokenizer(ctx: Context):

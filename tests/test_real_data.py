@@ -201,7 +201,7 @@ def test_prm_rows_are_parsed_and_checked(tmp_path, cache):
     bad["label"]["steps"][1]["completions"][0]["rating"] = 5
     path = tmp_path / "prm.jsonl"
     write_jsonl(path, [rows[1], bad])
-    with pytest.raises(RecordError, match=rf":2: field 'label.steps\[1\].completions\[0\].rating'"):
+    with pytest.raises(RecordError, match=r":2: field 'label.steps\[1\].completions\[0\].rating'"):
         R.read_prm_solutions(R.Source(str(path), cache))
     missing = json.loads(json.dumps(rows[0]))
     del missing["question"]["problem"]

@@ -153,7 +153,7 @@ def test_all_equal_scores_roll_back_one_step_and_drop_its_pair(tmp_path, tok, te
         if k == 1:
             word = "alpha" if visit == 0 else "beta"  # the retry of step 1 proposes new steps
             return [f"Step 1: {word} {i}\nStep 2:" for i in range(n)]
-        return [f"Step 2: good \\boxed{{2}}"] + [f"Step 2: bad {i}\nStep 3:" for i in range(1, n)]
+        return ["Step 2: good \\boxed{2}"] + [f"Step 2: bad {i}\nStep 3:" for i in range(1, n)]
 
     def judge(q, prev, a, b):
         if prev == ["alpha 0"]:
@@ -173,7 +173,7 @@ def test_a_tie_at_the_first_step_just_resamples(tmp_path, tok, templates):
     def policy(q, steps, n, seed, visit):
         if visit == 0:
             return [f"Step 1: same {i}\nStep 2:" for i in range(n)]
-        return [f"Step 1: good \\boxed{{1}}"] + [f"Step 1: bad {i}\nStep 2:" for i in range(1, n)]
+        return ["Step 1: good \\boxed{1}"] + [f"Step 1: bad {i}\nStep 2:" for i in range(1, n)]
 
     def judge(q, prev, a, b):
         return "[[B]]" if "same" in a else good_first(q, prev, a, b)
@@ -376,7 +376,7 @@ def test_unanimous_candidates_are_taken_without_judging_or_pair(tmp_path, tok, t
     def policy(q, steps, n, seed, visit):
         k = len(steps) + 1
         if k == 1:  # all four samples agree
-            return [f"Step 1: same\nStep 2: x"] * n
+            return ["Step 1: same\nStep 2: x"] * n
         return ["Step 2: good \\boxed{2}" + EOS_MARK] + [f"Step 2: bad {i}{EOS_MARK}" for i in range(1, n)]
 
     gen = ScriptedGenerator(policy=policy, judge=good_first)

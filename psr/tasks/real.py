@@ -63,7 +63,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from psr.io import RecordError
-from psr.records import EFTRecord, IFTRecord, Problem, Question, SRLMEFTRecord
+from psr.records import EFTRecord, IFTRecord, Question, SRLMEFTRecord
+from psr.tasks.synthetic import SyntheticTask
 from psr.steps import (
     STEP_MARKER,
     STOP_STRING,
@@ -848,15 +849,9 @@ def build_pools(source: Source, sizes: Sequence[int], seed: int, exclude: set[st
 
 
 @dataclass
-class RealTask:
-    """The same attribute names as `psr.tasks.synthetic.SyntheticTask`, plus build statistics."""
+class RealTask(SyntheticTask):
+    """The synthetic task's splits (so every stage reads both alike), plus build statistics."""
 
-    ift: list[IFTRecord] = field(default_factory=list)
-    eft: list[EFTRecord] = field(default_factory=list)
-    eft_test: list[EFTRecord] = field(default_factory=list)
-    pools: list[list[Question]] = field(default_factory=list)
-    test: list[Problem] = field(default_factory=list)
-    srlm_eft: list[SRLMEFTRecord] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
 
