@@ -36,7 +36,7 @@ class SRLMStats:
     questions: int
     pairs: int
     ties: int
-    score_parse_rate: float  # percent of score outputs with a valid `Score: N`
+    score_parse_rate: float  # percent of solutions with at least one valid `Score: N` among their repeats
     mean_score: float
     wall_s: float
 
