@@ -187,6 +187,17 @@ def build_random_checkpoint(arch: str, tokenizer, out_dir: Path, device: str, se
     return n_params
 
 
+def _same_arch(ckpt: Path, arch: str) -> bool:
+    """Whether the checkpoint in a kept work dir has `arch`'s shape (so it can be reused)."""
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        (ckpt / "psr_params.json").read_text()
+    except (OSError, ValueError):
+        return False
+    values = QWEN25_MATH_7B if arch == "7b" else TINY
+    return all(config.get(k) == values[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size"))
+
+
 def stand_in_tokenizer(templates, out_dir: Path | None = None):
     """A 512-token byte-level BPE that knows the templates' words and single digits."""
     from psr.models import train_tokenizer
@@ -342,15 +353,26 @@ def run_check(args) -> dict[str, Any]:
     results: list[PhaseResult] = []
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="psr-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    ckpt, out = work / "random-base", work / "outputs"
     try:
         from psr.config import PromptParams
 
         templates = Templates.from_params(PromptParams(style="paper"))
-        ckpt = work / "random-base"
         with measure("build", cuda, results) as r:
-            tokenizer = stand_in_tokenizer(templates)
-            n_params = build_random_checkpoint(args.arch, tokenizer, ckpt, device)
-            r.extra["params"] = n_params
+            reuse = args.keep and (ckpt / "config.json").exists() and _same_arch(ckpt, args.arch)
+            shutil.rmtree(out, ignore_errors=True)  # a check measures fresh work: never resumes
+            if not reuse:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            if reuse:  # a kept work dir from an earlier check: skip the minutes of building 15 GB
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+                n_params = json.loads((ckpt / "psr_params.json").read_text())["params"]
+            else:
+                tokenizer = stand_in_tokenizer(templates)
+                n_params = build_random_checkpoint(args.arch, tokenizer, ckpt, device)
+                (ckpt / "psr_params.json").write_text(json.dumps({"params": n_params}))
+            r.extra.update(params=n_params, reused=reuse)
         n_examples = args.steps * args.batch
         ift, eft, pairs, questions = make_data(
             templates, tokenizer, args.seq_len, n_examples, n_examples, args.questions
@@ -362,11 +384,11 @@ def run_check(args) -> dict[str, Any]:
                       for ex in sft_data + dpo_data for k in ("completion", "chosen", "rejected") if k in ex)
         params = _params(args, ckpt, cuda, four_bit, longest + 8)
         with measure("sft", cuda, results) as r:
-            m1 = warmup_sft(params, sft_data, work / "m1", base=ckpt, tokenizer=tokenizer, seed=0)
+            m1 = warmup_sft(params, sft_data, out / "m1", base=ckpt, tokenizer=tokenizer, seed=0)
             r.tokens, r.compute_s = _train_numbers(m1)
             r.extra["mean_example_tokens"] = _mean_tokens(tokenizer, sft_data, ("completion",))
         with measure("dpo", cuda, results) as r:
-            m2 = step_dpo(params, m1, dpo_data, work / "m2", seed=0)
+            m2 = step_dpo(params, m1, dpo_data, out / "m2", seed=0)
             r.tokens, r.compute_s = _train_numbers(m2)
             r.extra["mean_example_tokens"] = _mean_tokens(tokenizer, dpo_data, ("chosen", "rejected"))
         with measure("search", cuda, results) as r:
@@ -375,15 +397,16 @@ def run_check(args) -> dict[str, Any]:
                 model.to("cuda")
             generator = HFGenerator(model, tok, params.search.max_tokens_per_batch)
             stats = step_search(questions, generator, templates, tok, params.search, params.judge,
-                                iteration=1, seed=0, out_path=work / "ppd.jsonl", progress=False)
+                                iteration=1, seed=0, out_path=out / "ppd.jsonl", progress=False)
             r.tokens = stats.candidate_tokens + stats.judge_tokens
             r.compute_s = stats.wall_time_s
             r.extra.update(candidates=len(questions) * args.width, judge_calls=stats.judge_calls,
                            candidate_tokens=stats.candidate_tokens, judge_tokens=stats.judge_tokens)
             del model, generator
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:  # only what this check wrote: a --work-dir may hold other things
+            for made in (ckpt, out) if args.work_dir else (work,):
+                shutil.rmtree(made, ignore_errors=True)
 
     train_peak = max((r.peak_mb or 0.0) for r in results if r.name != "build")
     return {
@@ -453,7 +476,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--max-tokens-per-batch", type=int, default=32768)
     parser.add_argument("--no-4bit", action="store_true", help="LoRA on the full-precision base")
     parser.add_argument("--work-dir", default="", help="where the random checkpoint and models go (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work dir; a later --keep run with the same --work-dir reuses its random base")
     args = parser.parse_args(argv)
     seq_len, batch, width, step_tokens, judge_tokens, questions = DEFAULTS[args.arch]
     args.seq_len = args.seq_len or seq_len

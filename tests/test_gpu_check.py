@@ -92,3 +92,20 @@ def test_bad_options_are_refused(argv):
     with pytest.raises(SystemExit) as e:
         gpu_check.parse_args(["--arch", "tiny", *argv] if "--arch" not in argv else argv)
     assert e.value.code == 2
+
+
+def test_kept_work_dir_reuses_its_random_base(capsys, tmp_path):
+    work = str(tmp_path / "work")
+    _, first = _run(capsys, "--arch", "tiny", "--steps", "1", "--work-dir", work, "--keep")
+    assert first["phases"]["build"]["reused"] is False
+    _, second = _run(capsys, "--arch", "tiny", "--steps", "1", "--work-dir", work, "--keep")
+    assert second["phases"]["build"]["reused"] is True and second["params"] == first["params"]
+    _check_phases(second, steps=1, batch=second["batch"], questions=2, width=second["width"])
+
+
+def test_work_dir_keeps_what_it_did_not_write(capsys, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("a user's file")
+    _run(capsys, "--arch", "tiny", "--steps", "1", "--work-dir", str(work))
+    assert sorted(p.name for p in work.iterdir()) == ["mine.txt"]
