@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 
 import torch
 
+from psr.cascade import decode, supports_cascade
+
 FinishReason = Literal["stop", "eos", "length"]
 
 
@@ -170,6 +172,16 @@ class _RowSampler:
              for s in row_seeds]
         )
 
+    def pick(self, scores: torch.FloatTensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """The `step`-th token of each of `rows` (indices into the row seeds) from its logits."""
+        probs = torch.softmax(scores.double() / self.temperature, dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
+        cdf = (sorted_probs * keep).cumsum(dim=-1)
+        u = self.uniforms[rows.cpu(), step].to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+        return order.gather(-1, pick).squeeze(-1)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.start
         probs = torch.softmax(scores.double() / self.temperature, dim=-1)
@@ -201,7 +213,7 @@ class HFGenerator:
     sample never depends on the batch it was drawn in, nor on timing."""
 
     def __init__(self, model, tokenizer, max_tokens_per_batch: int = 32768, *, share_prefixes: bool = True,
-                 static_cache: bool = True):
+                 static_cache: bool = True, cascade: bool = True):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs a pad token (psr.models.load_tokenizer sets one)")
         if max_tokens_per_batch < 1:
@@ -219,6 +231,8 @@ class HFGenerator:
         # Both speed-ups need a plain full-attention KV cache (no sliding windows or hybrid layers).
         self.static_cache = static_cache and _has_plain_static_cache(model)
         self.share_prefixes = share_prefixes and self.static_cache
+        # shared prefixes stored once, not copied per row (psr.cascade), where the model allows
+        self.cascade = self.share_prefixes and cascade and supports_cascade(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def generate(
@@ -301,6 +315,8 @@ class HFGenerator:
         max_new_tokens: int,
         stop: str | None,
     ) -> list[Sample]:
+        if self.cascade:
+            return self._cascade_chunk(groups, encoded, sampler, max_new_tokens, stop)
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         pad = self.tokenizer.pad_token_id
@@ -351,6 +367,55 @@ class HFGenerator:
                 samples.append(Sample(text, eos_at + 1, "eos"))
             else:
                 samples.append(Sample(text, len(toks), "length"))
+        return samples
+
+    def _cascade_chunk(
+        self,
+        groups: list[_Group],
+        encoded: list[list[int]],
+        sampler: "_RowSampler | None",
+        max_new_tokens: int,
+        stop: str | None,
+    ) -> list[Sample]:
+        """The chunk decoded by `psr.cascade.decode` (each group's prefix stored once)."""
+        prefixes, rests, row_group = [], [], []
+        for g in groups:
+            prefixes.append(encoded[g.rows[0]][: g.prefix])
+            for i in g.rows:
+                rests.append(encoded[i][g.prefix :])
+                row_group.append(len(prefixes) - 1)
+        if sampler is not None:
+            pick = sampler.pick
+        else:
+            pick = lambda logits, rows, step: logits.argmax(dim=-1)  # noqa: E731
+        stop_check = None
+        if stop:
+            window = len(stop) + 2  # as _StopAfterPrompt: the newest tokens hold a new occurrence
+            pieces: dict[int, str] = {}
+
+            def stop_check(row: int, generated: list[int]) -> int:
+                # an occurrence ending in the newest token contains the stop's last character in
+                # that token's text (or an undecodable partial byte): only then decode the tail
+                newest = generated[-1]
+                if newest not in pieces:
+                    pieces[newest] = self.tokenizer.decode([newest], skip_special_tokens=False)
+                piece = pieces[newest]
+                if stop[-1] not in piece and "\ufffd" not in piece:
+                    return -1
+                tail = self.tokenizer.decode(generated[-window:], skip_special_tokens=False)
+                return len(generated) if stop in tail else -1
+
+        outputs = decode(
+            self.model, self.tokenizer.pad_token_id, prefixes, rests, row_group,
+            max_new_tokens=max_new_tokens, pick=pick, eos_ids=self.eos_ids, stop_check=stop_check,
+        )
+        samples = []
+        for o in outputs:  # the same reading of a row as `_generate_chunk`'s
+            text, stopped = cut_at_stop(self.tokenizer.decode(o.tokens, skip_special_tokens=True), stop)
+            if stopped:
+                samples.append(Sample(text, o.n_tokens if o.reason == "stop" else len(o.tokens), "stop"))
+            else:
+                samples.append(Sample(text, o.n_tokens, "eos" if o.reason == "eos" else "length"))
         return samples
 
     def _prefilled_cache(self, groups: list[_Group], encoded: list[list[int]], width_p: int, length: int):
