@@ -267,16 +267,23 @@ def decode(
     # masked weight of 0 times NaN would still be NaN
     keep = valid_p[:, None, :, None]
     prefix = [(layer.keys.masked_fill(~keep, 0.0), layer.values.masked_fill(~keep, 0.0)) for layer in prefix_cache.layers]
-    # 2. each row's rest (left padded), then one token at a time
+    # 2. each row's rest (left padded), then one token at a time. Rows in the same state (same
+    # group, same rest, same tokens so far: the n samples of a prompt until they diverge) are
+    # decoded once; a state splits when its rows draw different tokens.
+    states: dict[tuple, list[int]] = {}
+    for i, (g, x) in enumerate(zip(row_group, rests)):
+        states.setdefault((g, tuple(x)), []).append(i)
+    members = list(states.values())  # original rows in each decoded state, in group order
+    first = [m[0] for m in members]
     width_r = max(len(x) for x in rests)
-    cache = _CascadeCache(prefix, valid_p, torch.tensor(row_group, device=device), n, width_r + max_new_tokens)
-    rest_ids = torch.tensor([[pad_id] * (width_r - len(x)) + x for x in rests], dtype=torch.long, device=device)
-    rest_valid = torch.tensor([[False] * (width_r - len(x)) + [True] * len(x) for x in rests], device=device)
-    start = torch.tensor([len(prefixes[g]) for g in row_group], device=device)
+    groups_of = torch.tensor([row_group[i] for i in first], device=device)
+    cache = _CascadeCache(prefix, valid_p, groups_of, len(members), width_r + max_new_tokens)
+    rest_ids = torch.tensor([[pad_id] * (width_r - len(rests[i])) + rests[i] for i in first], dtype=torch.long, device=device)
+    rest_valid = torch.tensor([[False] * (width_r - len(rests[i])) + [True] * len(rests[i]) for i in first], device=device)
+    start = torch.tensor([len(prefixes[row_group[i]]) for i in first], device=device)
     positions = start[:, None] + (rest_valid.long().cumsum(-1) - 1).clamp(min=0)
     next_pos = start + rest_valid.long().sum(-1)
 
-    live = torch.arange(n, device=device)  # original index of each batch row
     generated: list[list[int]] = [[] for _ in range(n)]
     outputs: list[RowOutput | None] = [None] * n
     eos = set(eos_ids)
@@ -287,9 +294,13 @@ def decode(
             logits = model(input_ids=inputs, position_ids=positions, past_key_values=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1, :]
             cache.end()
-            tokens = pick(logits, live, step).tolist()
-            done = []
-            for j, (row, tok) in enumerate(zip(live.tolist(), tokens)):
+            expand = [u for u, rows in enumerate(members) for _ in rows]
+            rows = [r for m in members for r in m]
+            if len(expand) > len(members):
+                logits = logits[torch.tensor(expand, device=device)]
+            tokens = pick(logits, torch.tensor(rows, device=device), step).tolist()
+            children: dict[tuple[int, int], list[int]] = {}
+            for u, row, tok in zip(expand, rows, tokens):
                 generated[row].append(tok)
                 if tok in eos:
                     outputs[row] = RowOutput(generated[row][:-1], "eos", len(generated[row]))
@@ -297,17 +308,17 @@ def decode(
                     outputs[row] = RowOutput(generated[row], "stop", fired)
                 elif len(generated[row]) == max_new_tokens:
                     outputs[row] = RowOutput(generated[row], "length", max_new_tokens)
-                if outputs[row] is not None:
-                    done.append(j)
-            if len(done) == len(tokens):
+                else:
+                    children.setdefault((u, tok), []).append(row)
+            if not children:
                 break
-            keep = None
-            if done:
-                keep = torch.tensor([j for j in range(len(tokens)) if j not in set(done)], device=device)
-                cache.keep_rows(keep)
-                live, next_pos = live[keep], next_pos[keep]
-                tokens = [tokens[j] for j in keep.tolist()]
-            inputs = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+            parents = [u for u, _ in children]
+            if parents != list(range(len(members))):  # rows finished or states split
+                index = torch.tensor(parents, device=device)
+                cache.keep_rows(index)
+                next_pos = next_pos[index]
+            members = list(children.values())
+            inputs = torch.tensor([tok for _, tok in children], dtype=torch.long, device=device)[:, None]
             valid = torch.ones_like(inputs, dtype=torch.bool)
             positions = next_pos[:, None]
             next_pos = next_pos + 1

@@ -91,8 +91,12 @@ def test_cascade_path_samples_what_the_static_cache_path_samples(arch):
     base = "Problem: 2 + 3 then times 2\n"
     prompts = [base, base + "Step 1: 2 + 3 = 5\n", "x", base + "Step 1: 2 + 3 = 6\n"]  # "x" shares nothing
     for kw in (dict(n=6, temperature=0.7, top_p=0.95, max_new_tokens=12, stop="\nStep "),
+               dict(n=6, temperature=0.1, top_p=0.95, max_new_tokens=12, stop="\nStep "),
                dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12, stop=None)):
         a = fast.generate(prompts, seed=3, **kw)
         b = static.generate(prompts, seed=3, **kw)
         assert a == b
         assert {s.finish_reason for row in a for s in row} <= {"stop", "eos", "length"}
+        if kw["temperature"] == 0.1:  # samples of one prompt are decoded together until they diverge
+            distinct = [len({s.text for s in row}) for row in a]
+            assert min(distinct) < kw["n"] and max(distinct) > 1, distinct
