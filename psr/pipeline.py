@@ -1,9 +1,17 @@
-"""The study runner: the numbered notebooks executed with papermill, in order, resumably.
+"""The study runner: the numbered notebooks executed with papermill as a dependency graph, resumably.
 
-Plan for one (seed, arm) chain, K = `run.iterations`:
+Stages of one (seed, arm) chain, K = `run.iterations` (`plan`):
     01_warmup_sft(M1); for k in 1..K: 02_step_search(Mk), 03_judging(Mk), 04_step_dpo(Mk -> Mk+1),
     05_evaluate(Mk); then 03_judging(MK+1), 05_evaluate(MK+1).
-06_report runs once at the end over all chains. Chains run in parallel processes (`run.workers`).
+A stage needs only the model it reads, not the stage listed before it (`dependencies`):
+    M1 <- 01; M(k+1) <- 04(k); 02(k), 03(k), 05(k) <- Mk; 04(k) <- 02(k).
+Nothing waits for 03/05 but 06_report, which runs once at the end over all chains. So the stages of
+every chain form one graph, and up to `run.workers` of them run at once (each a papermill kernel
+process, hence threads suffice here). When more are ready than there are workers, the one with the
+longest estimated path to the end of its chain starts first (01/02/04 before 03/05): on 2 cores
+the judging and evaluation of Mk then run beside the search and DPO that make Mk+1, instead of
+holding up the critical path. The first failure lets the running stages finish, starts no new one
+and is raised.
 
 Every stage has a key: a hash of its name, seed, arm, k, the params sections it reads, and the key
 of the stage that made its input model. A stage is skipped when its done-marker holds the same
@@ -11,21 +19,24 @@ key; otherwise it runs (its own files resume where they stopped when the key mat
 wiped when it does not). Markers and executed notebooks are written atomically, last, so a
 `kill -9` at any moment never leaves a stage that looks done but is not.
 
-The stage functions below (`warmup_stage`, ...) are what the notebooks call; all logic lives here.
+The stage functions (`psr.stages.warmup_stage`, ...) are what the notebooks call; the notebooks stay thin.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from psr.config import Params, load
 from psr.io import read_json, write_json
@@ -84,13 +95,107 @@ def layout_for(params: Params, seed: int) -> Layout:
 
 
 def plan(params: Params) -> list[tuple[str, int]]:
-    """(stage, k) in execution order for one chain."""
+    """(stage, k) of one chain, each after the stages it depends on (one valid sequential order)."""
     K = params.run.iterations
     steps: list[tuple[str, int]] = [("01_warmup_sft", 1)]
     for k in range(1, K + 1):
         steps += [("02_step_search", k), ("03_judging", k), ("04_step_dpo", k), ("05_evaluate", k)]
     steps += [("03_judging", K + 1), ("05_evaluate", K + 1)]
     return steps
+
+
+@dataclass(frozen=True)
+class Task:
+    """One stage of one chain: a node of the study's dependency graph."""
+
+    seed: int
+    arm: str
+    stage: str
+    k: int
+
+
+def dependencies(task: Task) -> tuple[Task, ...]:
+    """The stages `task` reads the output of: the stage that made its model M_k, and for step-DPO the
+    search that made its pairs."""
+    if task.stage not in STAGES:
+        raise ValueError(f"unknown stage {task.stage!r} (stages: {', '.join(STAGES)})")
+    if task.stage == "01_warmup_sft":
+        return ()
+    if task.k < 1:
+        raise ValueError(f"{task}: k must be >= 1")
+    made_model = (Task(task.seed, task.arm, "01_warmup_sft", 1) if task.k == 1
+                  else Task(task.seed, task.arm, "04_step_dpo", task.k - 1))
+    if task.stage == "04_step_dpo":
+        return (made_model, Task(task.seed, task.arm, "02_step_search", task.k))
+    return (made_model,)
+
+
+def study_graph(params: Params) -> dict[Task, tuple[Task, ...]]:
+    """Every stage of every (seed, arm) chain, mapped to its dependencies; seeds, arms and `plan`
+    order preserved (the tie-break between stages equally urgent)."""
+    return {t: dependencies(t) for seed in params.run.seeds for arm in params.run.arms
+            for t in (Task(seed, arm, stage, k) for stage, k in plan(params))}
+
+
+# Rough relative cost of a stage, used only to rank ready stages (the reference tiny run on one core:
+# warm-up ~300-380 s, search ~20-180 s, judging / DPO / evaluation ~15 s each).
+STAGE_COST = {"01_warmup_sft": 300.0, "02_step_search": 100.0, "03_judging": 15.0, "04_step_dpo": 15.0,
+              "05_evaluate": 15.0}
+
+
+def remaining_path(graph: Mapping[Task, Sequence[Task]], cost: Mapping[str, float] = STAGE_COST) -> dict[Task, float]:
+    """For each stage, the estimated cost of the longest path from its start to the end of the
+    graph: the stages with the largest value hold up the finish the most, so they start first."""
+    children: dict[Task, list[Task]] = {t: [] for t in graph}
+    for t, deps in graph.items():
+        for d in deps:
+            children[d].append(t)
+    out: dict[Task, float] = {}
+    for t in reversed(list(TopologicalSorter(graph).static_order())):
+        out[t] = cost[t.stage] + max((out[c] for c in children[t]), default=0.0)
+    return out
+
+
+N = TypeVar("N", bound=Hashable)
+
+
+def run_graph(graph: Mapping[N, Sequence[N]], run_one: Callable[[N], None], workers: int,
+              order: Callable[[N], Any] | None = None) -> None:
+    """Call `run_one(node)` for every node once all its dependencies returned, in at most `workers`
+    threads at a time; of the ready nodes the smallest `order(node)` starts first (default: the
+    graph's own order). The first exception starts no new node, lets the running ones finish and
+    is raised. A cycle or a dependency outside the graph raises ValueError before anything runs."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    unknown = {d for deps in graph.values() for d in deps if d not in graph}
+    if unknown:
+        raise ValueError(f"dependencies outside the graph: {sorted(map(repr, unknown))}")
+    sorter = TopologicalSorter(graph)
+    sorter.prepare()  # graphlib.CycleError (a ValueError) on a cycle
+    position = {n: i for i, n in enumerate(graph)}
+    rank = order or position.__getitem__
+    ready: list[tuple[Any, int, N]] = []  # heap; the unique position keeps nodes from being compared
+    running: dict[Future, N] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="psr-stage") as pool:
+        while running or (failure is None and sorter.is_active()):
+            if failure is None:
+                for n in sorter.get_ready():
+                    heapq.heappush(ready, (rank(n), position[n], n))
+                while ready and len(running) < workers:
+                    n = heapq.heappop(ready)[2]
+                    running[pool.submit(run_one, n)] = n
+            if not running:  # cannot happen after prepare(): an active graph has a ready node
+                raise RuntimeError("scheduler stalled with no stage ready or running")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                n = running.pop(f)
+                if f.exception() is None:
+                    sorter.done(n)
+                elif failure is None:
+                    failure = f.exception()
+    if failure is not None:
+        raise failure
 
 
 def stage_key(params: Params, seed: int, arm: str, stage: str, k: int) -> str:
@@ -125,6 +230,10 @@ def is_done(params: Params, layout: Layout, arm: str, stage: str, k: int) -> boo
 # ----------------------------------------------------------------------------- runner
 
 
+Execute = Callable[[Path, Path, dict, Callable[[str], None], str, float], None]
+"""(notebook, executed notebook, parameters, log, tag, run start) -> None; raises StageFailed."""
+
+
 def run(params_path: str | Path, overrides: list[str] | None = None, log=print) -> Path:
     """Execute the whole study; returns the path of metrics.json."""
     overrides = list(overrides or [])
@@ -132,7 +241,7 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
     lock = threading.Lock()
     raw_log = log
 
-    def log(msg: str) -> None:  # chains log from threads: one whole line at a time
+    def log(msg: str) -> None:  # stages log from threads: one whole line at a time
         with lock:
             raw_log(msg)
 
@@ -146,46 +255,46 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
 
     for seed in params.run.seeds:
         prepare_data(params, layout_for(params, seed), log=log)
-    chains = [(seed, arm) for seed in params.run.seeds for arm in params.run.arms]
-    stop = threading.Event()  # the first failure stops the other chains before their next stage
-    with ThreadPoolExecutor(max_workers=min(params.run.workers, len(chains))) as pool:
-        futures = [pool.submit(_run_chain, str(params_path), overrides, params, seed, arm, start, log, stop)
-                   for seed, arm in chains]
-        errors = [f.exception() for f in futures]
-    failed = [e for e in errors if e is not None]
-    if failed:
-        raise failed[0]
+    run_stages(str(params_path), overrides, params, log=log, start=start)
     report_nb = root / "06_report.ipynb"
     _execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(params_path), "overrides": overrides}, log, "06_report", start)
     log(f"done in {time.perf_counter() - start:.0f}s: {root / 'metrics.json'}")
     return root / "metrics.json"
 
 
-def _run_chain(params_path: str, overrides: list[str], params: Params, seed: int, arm: str, start: float, log,
-               stop: threading.Event) -> None:
-    layout = layout_for(params, seed)
-    for stage, k in plan(params):
-        if stop.is_set():
-            return
-        tag = f"[seed {seed} {arm}] {stage} M{k}" if len(params.run.seeds) > 1 else f"[{arm}] {stage} M{k}"
+def run_stages(params_path: str, overrides: list[str], params: Params, *, log: Callable[[str], None],
+               start: float | None = None, execute: Execute | None = None) -> None:
+    """Every stage of every chain (all but 06_report), `run.workers` at a time, longest remaining
+    path first; done ones are skipped. `execute` runs one notebook (default: papermill; tests pass
+    a fake). `log` must be safe to call from several threads."""
+    execute = execute or _execute
+    start = time.perf_counter() if start is None else start
+    graph = study_graph(params)
+    path_left = remaining_path(graph)
+    chain = {(s, a): i for i, (s, a) in enumerate((s, a) for s in params.run.seeds for a in params.run.arms)}
+    multi_seed = len(params.run.seeds) > 1
+
+    def run_one(task: Task) -> None:
+        seed, arm, stage, k = task.seed, task.arm, task.stage, task.k
+        layout = layout_for(params, seed)
+        tag = f"[seed {seed} {arm}] {stage} M{k}" if multi_seed else f"[{arm}] {stage} M{k}"
         if is_done(params, layout, arm, stage, k):
             log(f"{tag}: done already, skipped")
-            continue
+            return
         key = stage_key(params, seed, arm, stage, k)
         _reset_if_stale(layout.stage_dir(arm, k, stage), key)
         t0 = time.perf_counter()
-        try:
-            _execute(
-                NOTEBOOK_DIR / f"{stage}.ipynb",
-                layout.notebook_path(arm, k, stage),
-                {"params_path": params_path, "overrides": overrides, "seed": seed, "arm": arm, "k": k},
-                log, tag, start,
-            )
-        except BaseException:
-            stop.set()
-            raise
+        execute(
+            NOTEBOOK_DIR / f"{stage}.ipynb",
+            layout.notebook_path(arm, k, stage),
+            {"params_path": params_path, "overrides": overrides, "seed": seed, "arm": arm, "k": k},
+            log, tag, start,
+        )
         wall = time.perf_counter() - t0
         write_json(layout.marker_path(arm, k, stage), {"key": key, "wall_s": round(wall, 2), "stage": stage, "k": k})
+
+    run_graph(graph, run_one, params.run.workers,
+              order=lambda t: (-path_left[t], t.k, chain[(t.seed, t.arm)], list(STAGES).index(t.stage)))
 
 
 def _reset_if_stale(stage_dir: Path, key: str) -> None:

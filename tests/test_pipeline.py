@@ -1,6 +1,12 @@
-"""The whole study through papermill at smoke size: both arms, K = 2, every notebook executed.
+"""The study runner.
 
-Also: a run killed with SIGKILL in the middle of a stage resumes and ends with the same
+Fast: the stage graph and its scheduler, with a fake notebook executor that records when each
+stage starts and ends: dependencies hold, at most `run.workers` stages run at once, the critical
+path (01/02/04) goes first, judging/evaluation of M_k run beside the making of M_k+1, and the first
+failure starts no new stage.
+
+Slow: the whole study through papermill at smoke size: both arms, K = 2, every notebook executed;
+and a run killed with SIGKILL in the middle of a stage resumes and ends with the same
 metrics.json as an uninterrupted run with the same seed."""
 
 from __future__ import annotations
@@ -10,10 +16,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from psr.config import load
+from psr.pipeline import (
+    StageFailed,
+    Task,
+    dependencies,
+    layout_for,
+    plan,
+    run_graph,
+    run_stages,
+    study_graph,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = [
@@ -56,6 +75,163 @@ def comparable(metrics: dict) -> dict:
         return x
 
     return clean(metrics)
+
+
+# ----------------------------------------------------------------------------- scheduling (fast)
+
+
+def tiny_params(tmp_path, *overrides):
+    return load(REPO / "params" / "tiny.yaml",
+                [f"run.results_dir={tmp_path}", "run.name=sched", "run.iterations=2", *overrides])
+
+
+class FakeNotebooks:
+    """Stands in for papermill: records ("start"/"end"/"fail", (arm, stage, k)) in the order they
+    happen and sleeps `seconds[(arm, stage)]` or `seconds[stage]` in between; raises StageFailed
+    for the stage `fail`."""
+
+    def __init__(self, seconds: dict | None = None, fail: tuple[str, str, int] | None = None):
+        self.seconds = seconds or {}
+        self.fail = fail
+        self.events: list[tuple[str, tuple[str, str, int]]] = []
+        self._lock = threading.Lock()
+
+    def _record(self, event: str, name: tuple[str, str, int]) -> None:
+        with self._lock:
+            self.events.append((event, name))
+
+    def __call__(self, src, dst, parameters, log, tag, start) -> None:
+        name = (parameters["arm"], Path(src).stem, parameters["k"])
+        self._record("start", name)
+        time.sleep(self.seconds.get(name[:2], self.seconds.get(name[1], 0.0)))
+        if name == self.fail:
+            self._record("fail", name)
+            raise StageFailed(f"{tag} failed: RuntimeError; see the executed notebook {dst}")
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(dst).write_text("{}")
+        self._record("end", name)
+
+    def index(self, event: str, arm: str, stage: str, k: int) -> int:
+        return self.events.index((event, (arm, stage, k)))
+
+    def started(self) -> list[tuple[str, str, int]]:
+        return [name for event, name in self.events if event == "start"]
+
+    def max_running(self) -> int:
+        running = most = 0
+        for event, _ in self.events:
+            running += 1 if event == "start" else -1
+            most = max(most, running)
+        return most
+
+
+def run_fake(params, fake: FakeNotebooks) -> list[str]:
+    lines: list[str] = []
+    run_stages("params/tiny.yaml", [], params, log=lines.append, execute=fake)
+    return lines
+
+
+def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
+    params = tiny_params(tmp_path)
+    graph = study_graph(params)
+    assert len(graph) == 2 * len(plan(params)) == 2 * 11
+
+    def t(stage, k, arm="psrlm"):
+        return Task(0, arm, stage, k)
+
+    assert graph[t("01_warmup_sft", 1)] == ()
+    for stage in ("02_step_search", "03_judging", "05_evaluate"):
+        assert graph[t(stage, 1)] == (t("01_warmup_sft", 1),)
+        assert graph[t(stage, 2)] == (t("04_step_dpo", 1),)
+    assert set(graph[t("04_step_dpo", 2)]) == {t("04_step_dpo", 1), t("02_step_search", 2)}
+    assert graph[t("05_evaluate", 3, "srlm")] == (t("04_step_dpo", 2, "srlm"),)
+    with pytest.raises(ValueError, match="unknown stage"):
+        dependencies(t("07_nothing", 1))
+
+
+def test_run_graph_rejects_bad_graphs_before_running_anything():
+    ran = []
+    with pytest.raises(ValueError):  # graphlib.CycleError
+        run_graph({"a": ("b",), "b": ("a",)}, ran.append, 2)
+    with pytest.raises(ValueError, match="outside the graph"):
+        run_graph({"a": ("z",)}, ran.append, 2)
+    with pytest.raises(ValueError, match="workers"):
+        run_graph({"a": ()}, ran.append, 0)
+    assert ran == []
+
+
+def test_dependencies_hold_workers_bound_and_a_rerun_skips_everything(tmp_path):
+    params = tiny_params(tmp_path)  # both arms, run.workers = 2 (the default)
+    assert params.run.workers == 2
+    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.04, "03_judging": 0.02, "04_step_dpo": 0.01,
+               "05_evaluate": 0.03}
+    fake = FakeNotebooks(seconds)
+    lines = run_fake(params, fake)
+    graph = study_graph(params)
+    started = fake.started()
+    assert sorted(started) == sorted((t.arm, t.stage, t.k) for t in graph)  # each stage once
+    for task, deps in graph.items():
+        for d in deps:
+            assert fake.index("end", d.arm, d.stage, d.k) < fake.index("start", task.arm, task.stage, task.k), (task, d)
+    assert fake.max_running() == 2
+    for task in graph:
+        layout = layout_for(params, task.seed)
+        assert layout.marker_path(task.arm, task.k, task.stage).is_file()
+    # every stage done: a second run executes nothing and says so once per stage
+    again = FakeNotebooks()
+    lines = run_fake(params, again)
+    assert again.events == []
+    assert sum(line.endswith("done already, skipped") for line in lines) == len(graph)
+
+
+def test_one_worker_runs_the_critical_path_first(tmp_path):
+    fake = FakeNotebooks()
+    run_fake(tiny_params(tmp_path, "run.workers=1", "run.arms=[psrlm]"), fake)
+    assert fake.max_running() == 1
+    assert [(stage[:2], k) for _, stage, k in fake.started()] == [
+        ("01", 1), ("02", 1), ("04", 1), ("02", 2), ("04", 2),
+        ("03", 1), ("05", 1), ("03", 2), ("05", 2), ("03", 3), ("05", 3)]
+
+
+def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_path):
+    # one chain: the old per-chain loop ran it strictly in sequence on one worker
+    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.3, "03_judging": 0.6, "04_step_dpo": 0.05,
+               "05_evaluate": 0.6}
+    fake = FakeNotebooks(seconds)
+    run_fake(tiny_params(tmp_path, "run.arms=[psrlm]"), fake)
+    assert fake.max_running() == 2
+
+    def overlap(a, b):
+        return (fake.index("start", *a) < fake.index("end", *b)
+                and fake.index("start", *b) < fake.index("end", *a))
+
+    assert overlap(("psrlm", "03_judging", 1), ("psrlm", "02_step_search", 1))
+    assert any(overlap(("psrlm", s, 1), ("psrlm", "02_step_search", 2)) for s in ("03_judging", "05_evaluate"))
+    # the critical stages never waited for judging/evaluation: each started as soon as its input was
+    for a, b in [(("psrlm", "02_step_search", 1), ("psrlm", "04_step_dpo", 1)),
+                 (("psrlm", "04_step_dpo", 1), ("psrlm", "02_step_search", 2))]:
+        assert fake.events[fake.index("end", *a) + 1] == ("start", b)
+
+
+def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(tmp_path):
+    params = tiny_params(tmp_path)
+    # the SRLM warm-up is still running when the PSRLM search fails
+    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.05, ("srlm", "01_warmup_sft"): 0.6}
+    fake = FakeNotebooks(seconds, fail=("psrlm", "02_step_search", 1))
+    with pytest.raises(StageFailed, match=r"\[psrlm\] 02_step_search M1 failed.*executed notebook"):
+        run_fake(params, fake)
+    failed_at = fake.events.index(("fail", ("psrlm", "02_step_search", 1)))
+    assert fake.events[failed_at + 1:] == [("end", ("srlm", "01_warmup_sft", 1))]
+    layout = layout_for(params, 0)
+    assert layout.marker_path("srlm", 1, "01_warmup_sft").is_file()  # finished after the failure
+    assert layout.marker_path("psrlm", 1, "01_warmup_sft").is_file()
+    assert not layout.marker_path("psrlm", 1, "02_step_search").exists()
+    # the rerun resumes: the two warm-ups are skipped, everything else runs once
+    rerun = FakeNotebooks()
+    lines = run_fake(params, rerun)
+    assert sorted(line for line in lines if "skipped" in line) == [
+        "[psrlm] 01_warmup_sft M1: done already, skipped", "[srlm] 01_warmup_sft M1: done already, skipped"]
+    assert len(rerun.started()) == 2 * 11 - 2
 
 
 @pytest.fixture(scope="module")
