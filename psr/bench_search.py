@@ -1,12 +1,13 @@
 """`python -m psr.bench_search --params params/tiny.yaml [--model DIR] [--questions N]`
 
 Judged comparisons per second of the search engine (`psr.search.step_search` on `HFGenerator`:
-lockstep rounds, one batched generate call per round for all candidates and one for all
-judgments, shared-prefix prefill, static KV cache) against the naive loop a first implementation
+lockstep rounds, one batched call per round for all candidates and one for all judgments,
+each shared prefix stored and attended once (`psr.cascade`), samples of a prompt decoded as one
+row until they diverge) against the naive loop a first implementation
 would write: one question at a time, one plain `generate` call for a prompt's w candidates and
 one per judgment. Both search the same questions with the same model, width, token caps and
-expansion cap, and both count candidate generation in their time. The last line is
-`speedup: N.Nx`.
+expansion cap, with the same number of torch threads (`--threads`, default: every core), and
+both count candidate generation in their time. The last line is `speedup: N.Nx`.
 
 Without `--model` a tiny model with random weights is built (M0 of the preset) with a tokenizer
 trained on the synthetic task's text. Its candidates and verdicts are noise: no verdict parses,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -117,14 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expansions", type=int, default=3,
                     help="expansion cap per question in both loops (keeps the naive loop short)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads for both loops (default: every core; the naive loop, one row at a "
+                         "time, cannot use more than one, which is part of what batching buys)")
     args = ap.parse_args(argv)
-    if args.questions < 1 or args.expansions < 1:
-        ap.error("--questions and --expansions must be >= 1")
+    if args.questions < 1 or args.expansions < 1 or args.threads < 1:
+        ap.error("--questions, --expansions and --threads must be >= 1")
 
     from psr.models import set_threads
 
     params = load(args.params)
-    set_threads(params.run.torch_threads)
+    set_threads(args.threads)
     t0 = time.perf_counter()
     if args.model:
         model, tokenizer, questions = _model_setup(params, args.model, args.questions, args.seed)
