@@ -32,7 +32,7 @@ class RunParams:
     iterations: int = 3  # DPO rounds: M1 -> M(1+iterations); paper: 3 (M1 -> M4)
     results_dir: str = "results"
     torch_threads: int = 1  # one thread per process on a shared CPU (measured 6-70x faster here)
-    workers: int = 2  # (seed, arm) chains run in parallel, one process each
+    workers: int = 2  # at most this many stages (notebook kernels) run at once (psr.pipeline)
     # multi-GPU training: an accelerate config file (e.g. DeepSpeed ZeRO-3), relative to the
     # preset file; empty = one process
     accelerate_config: str = ""
@@ -49,6 +49,8 @@ class RunParams:
             errors["iterations"] = "must be >= 1"
         if self.workers < 1:
             errors["workers"] = "must be >= 1"
+        elif self.accelerate_config and self.workers > 1:  # two trainings would share every GPU
+            errors["workers"] = "must be 1 when run.accelerate_config is set (each training uses every process/GPU)"
         if self.torch_threads < 0:
             errors["torch_threads"] = "must be >= 0 (0 = torch default)"
         if not self.name or "/" in self.name:
@@ -403,8 +405,27 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Params:
     for item in overrides or []:
         key, value = _split_override(item)
         _set_dotted(raw, key, value, str(path))
-    params = _build(raw, str(path))
-    return dataclasses.replace(params, source=str(path))
+    params = dataclasses.replace(_build(raw, str(path)), source=str(path))
+    accel = accelerate_config_path(params)
+    if accel is not None and not accel.is_file():
+        raise ConfigError(
+            f"{path}: run.accelerate_config {params.run.accelerate_config!r}: no such file {accel} "
+            "(the path is relative to the preset file)"
+        )
+    return params
+
+
+def accelerate_config_path(params: Params) -> Path | None:
+    """The accelerate config file `run.accelerate_config` names, or None when training runs in
+    the caller's own process. A relative path is relative to the preset file (`params.source`;
+    the working directory for params built without a file), like `file:` prompt overrides."""
+    value = params.run.accelerate_config
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    return (Path(params.source).parent if params.source else Path(".")) / path
 
 
 def _split_override(item: str) -> tuple[str, Any]:

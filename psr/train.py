@@ -23,11 +23,22 @@ Adapters (`params.model.adapter`):
 - qlora: the base stays 4-bit NF4 and is never rewritten, so M_k = base + adapter: the directory
          holds the adapter (its `adapter_config.json` names the base by absolute path) and the next
          round loads that adapter and continues training it. `psr.models.load_policy` loads it.
+
+Processes (`params.run.accelerate_config`): unset, training runs in the caller's process. Set (the
+72B preset: DeepSpeed ZeRO-3 over 8 GPUs), `warmup_sft`/`step_dpo` hand the job to `psr.launch`,
+which runs `accelerate launch` in a subprocess; every process then runs `run_sft`/`run_dpo` into
+the staging folder the caller made (`lineage.staging`, published by the caller alone, after all
+processes exited). The effective batch is per_device_batch_size x gradient accumulation x
+processes (`gradient_accumulation`). Every process calls `Trainer.save_model` (ZeRO-3 gathers the
+shards there); after `wait_for_everyone` rank 0 alone merges a LoRA adapter (reloading the base
+on its CPU: ZeRO-3 weights are shards, nothing to merge into) and writes the manifest.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -194,10 +205,30 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _common_args(section, n_examples: int, out: Path, seed: int, params: Params) -> dict[str, Any]:
+def gradient_accumulation(section, world_size: int = 1, name: str = "") -> int:
+    """Micro-batches per optimizer step so that the effective batch, per_device_batch_size x
+    accumulation x world_size processes, equals `section.batch_size` (a WarmupParams/DPOParams);
+    a batch_size that does not split that way is an error, not a silently different batch."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    per_step = section.per_device_batch_size * world_size
+    if section.batch_size % per_step:
+        where = f"{name}." if name else ""
+        raise ValueError(
+            f"{where}batch_size={section.batch_size} is not divisible by {where}per_device_batch_size="
+            f"{section.per_device_batch_size} x {world_size} processes = {per_step}; the effective batch is "
+            "per_device_batch_size x gradient accumulation x processes (change batch_size, "
+            "per_device_batch_size, or num_processes in the accelerate config)"
+        )
+    return section.batch_size // per_step
+
+
+def _common_args(
+    section, n_examples: int, out: Path, seed: int, params: Params, world_size: int = 1
+) -> dict[str, Any]:
     """TrainingArguments shared by SFT and DPO, from a WarmupParams/DPOParams section."""
-    accum = section.batch_size // section.per_device_batch_size
-    per_epoch = math.ceil(math.ceil(n_examples / section.per_device_batch_size) / accum)
+    accum = gradient_accumulation(section, world_size)
+    per_epoch = math.ceil(math.ceil(n_examples / (section.per_device_batch_size * world_size)) / accum)
     total = section.max_steps if section.max_steps > 0 else max(1, math.ceil(per_epoch * section.epochs))
     bf16 = _on_gpu() and torch.cuda.is_bf16_supported()
     return dict(
@@ -278,18 +309,11 @@ def _base_of(path: str | Path) -> str:
 
 def _save(model, tokenizer, out: Path, params: Params, base: str | None) -> str:
     """Save the trained model into `out`; returns what the directory holds ('full' or 'adapter')."""
-    import json
-
     from peft import PeftModel
 
     if isinstance(model, PeftModel) and params.model.adapter == "qlora":
         model.save_pretrained(str(out), selected_adapters=["default"])
-        cfg_path = out / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        if base is None:
-            raise ValueError("an adapter directory needs the base model's path")
-        cfg["base_model_name_or_path"] = base
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        _point_adapter_at(out, base)
         kind = "adapter"
     else:
         if isinstance(model, PeftModel):
@@ -298,6 +322,68 @@ def _save(model, tokenizer, out: Path, params: Params, base: str | None) -> str:
         kind = "full"
     tokenizer.save_pretrained(str(out))
     return kind
+
+
+def _point_adapter_at(out: Path, base: str | None) -> None:
+    """Name the 4-bit base in the saved adapter's config by absolute path (see module docstring)."""
+    import json
+
+    if base is None:
+        raise ValueError("an adapter directory needs the base model's path")
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+_ADAPTER_TMP = ".adapter"  # where the processes save a LoRA adapter before rank 0 merges it
+
+
+def _save_distributed(trainer, tokenizer, out: Path, params: Params, base: str | None) -> str | None:
+    """`_save` for one of several processes. Every process calls `trainer.save_model` (under
+    ZeRO-3 it gathers the shards onto rank 0, which alone writes); then, after `wait_for_everyone`,
+    rank 0 makes the directory look as `_save` makes it and returns its kind; the others None.
+
+    LoRA: the adapter is saved first, then rank 0 reloads the base (`base`: the start model, or
+    the base of a start adapter) on its CPU, merges and saves full weights: under ZeRO-3 a process
+    holds only shards, so there is nothing in memory to merge into."""
+    from peft import PeftModel
+
+    merge = isinstance(trainer.model, PeftModel) and params.model.adapter != "qlora"
+    target = out / _ADAPTER_TMP if merge else out
+    trainer.save_model(str(target))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return None
+    (out / "training_args.bin").unlink(missing_ok=True)
+    for sub in out.iterdir():  # a second adapter (TRL's "ref" copy) saved beside "default"
+        if sub.is_dir() and sub.name != _ADAPTER_TMP and (sub / "adapter_config.json").is_file():
+            shutil.rmtree(sub)
+    if isinstance(trainer.model, PeftModel) and not merge:
+        _point_adapter_at(out, base)
+        kind = "adapter"
+    elif merge:
+        _merge_saved_adapter(target, base, params, out)
+        shutil.rmtree(target)
+        kind = "full"
+    else:
+        kind = "full"
+    tokenizer.save_pretrained(str(out))
+    return kind
+
+
+def _merge_saved_adapter(adapter_dir: Path, base: str | None, params: Params, out: Path) -> None:
+    """Rank 0: base + saved LoRA adapter, merged, saved as full weights into `out`."""
+    from peft import PeftModel
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    if base is None:
+        raise ValueError("merging a LoRA adapter needs the base model's path")
+    # ZeRO-3's model-loading hook would partition this rank-0-only load and wait on the others
+    unset_hf_deepspeed_config()
+    model = load_model(base, params.model, trainable=False)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out))
 
 
 def _adapter_base(start: str | Path | None) -> str | None:
@@ -328,14 +414,38 @@ def _metrics(log_history: list[dict], train_output) -> dict[str, Any]:
     return out
 
 
-def build_sft_trainer(params: Params, model, tokenizer, examples, output_dir, *, peft_config=None, seed=0, callbacks=None):
+def sft_args(params: Params, n_examples: int, output_dir, *, seed: int = 0, world_size: int = 1):
+    """TRL's SFTConfig from `params.warmup` (loss on the completion only)."""
+    from trl import SFTConfig
+
+    common = _common_args(params.warmup, n_examples, Path(output_dir), seed, params, world_size)
+    return SFTConfig(**common, completion_only_loss=True)
+
+
+def dpo_args(params: Params, n_examples: int, output_dir, *, seed: int = 0, world_size: int = 1):
+    """TRL's DPOConfig from `params.dpo`. `dpo.nll_weight > 0` adds TRL's "sft" loss (mean NLL of
+    the chosen tokens: what `rpo_alpha` did before TRL 1.0) with that weight."""
+    from trl import DPOConfig
+
+    dpo = params.dpo
+    loss: dict[str, Any] = dict(loss_type=["sigmoid"])
+    if dpo.nll_weight > 0:
+        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
+    common = _common_args(dpo, n_examples, Path(output_dir), seed, params, world_size)
+    return DPOConfig(**common, beta=dpo.beta, **loss)
+
+
+def build_sft_trainer(
+    params: Params, model, tokenizer, examples, output_dir, *, peft_config=None, seed=0, callbacks=None, args=None
+):
     """TRL's SFTTrainer configured from `params.warmup` (prompt/completion data, loss on the
-    completion only). Exposed so tests and notebooks can inspect the prepared dataset."""
+    completion only). Exposed so tests and notebooks can inspect the prepared dataset. `args`:
+    an `sft_args` made earlier (under ZeRO-3 it must exist before the model is loaded)."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     snapshot = _trainable_snapshot(model)
-    args = SFTConfig(**_common_args(params.warmup, len(examples), Path(output_dir), seed, params), completion_only_loss=True)
+    args = args if args is not None else sft_args(params, len(examples), output_dir, seed=seed)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -352,19 +462,14 @@ def build_sft_trainer(params: Params, model, tokenizer, examples, output_dir, *,
 
 
 def build_dpo_trainer(
-    params: Params, model, tokenizer, examples, output_dir, *, ref_model=None, peft_config=None, seed=0, callbacks=None
+    params: Params, model, tokenizer, examples, output_dir, *, ref_model=None, peft_config=None, seed=0, callbacks=None,
+    args=None,
 ):
-    """`StepDPOTrainer` configured from `params.dpo`. `dpo.nll_weight > 0` adds TRL's "sft" loss
-    (mean NLL of the chosen tokens: what `rpo_alpha` did before TRL 1.0) with that weight."""
+    """`StepDPOTrainer` configured from `params.dpo` (`dpo_args`, or the `args` given)."""
     from datasets import Dataset
-    from trl import DPOConfig
 
-    dpo = params.dpo
-    loss: dict[str, Any] = dict(loss_type=["sigmoid"])
-    if dpo.nll_weight > 0:
-        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, dpo.nll_weight])
     snapshot = _trainable_snapshot(model)
-    args = DPOConfig(**_common_args(dpo, len(examples), Path(output_dir), seed, params), beta=dpo.beta, **loss)
+    args = args if args is not None else dpo_args(params, len(examples), output_dir, seed=seed)
     trainer = _step_dpo_trainer_class()(
         model=model,
         ref_model=ref_model,
@@ -430,6 +535,138 @@ def _start(params: Params, seed: int) -> float:
     return time.perf_counter()
 
 
+def _launch_config(params: Params):
+    """The `psr.launch.LaunchConfig` to train under, or None to train in this process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "warmup_sft/step_dpo called inside a multi-process launch: psr.launch starts the processes "
+            "itself when run.accelerate_config is set; in a launched process call run_sft/run_dpo"
+        )
+    if not params.run.accelerate_config:
+        return None
+    from psr.launch import LaunchConfig
+
+    return LaunchConfig.for_params(params)
+
+
+def _check_world(args, world_size: int) -> None:
+    if args.world_size != world_size:
+        raise RuntimeError(
+            f"the trainer sees {args.world_size} processes, but training was set up for {world_size} "
+            "(gradient accumulation depends on it); check the accelerate config and ACCELERATE_USE_CPU"
+        )
+
+
+def _finish(trainer, result, tokenizer, work: Path, params: Params, world_size: int, t0: float, *,
+            adapter_base: str | None, stage: str, inputs: dict[str, Any], **fields: Any) -> None:
+    """Save the trained model into `work` and write the manifest last; with several processes
+    every one saves (`_save_distributed`) and rank 0 alone writes the manifest."""
+    if world_size == 1:
+        kind = _save(trainer.model, tokenizer, work, params, adapter_base)
+        per_process = [lineage.peak_memory()]
+    else:
+        from accelerate.utils import gather_object
+
+        per_process = gather_object([lineage.peak_memory()])  # a collective: every process calls it
+        kind = _save_distributed(trainer, tokenizer, work, params, adapter_base)
+        if kind is None:  # not rank 0
+            return
+    args = trainer.args
+    lineage.write_manifest(
+        work,
+        stage=stage,
+        inputs=inputs,
+        **fields,
+        content=kind,
+        n_train_rows=len(trainer.train_dataset),
+        metrics=_metrics(trainer.state.log_history, result),
+        log_history=trainer.state.log_history,
+        wall_time_s=round(time.perf_counter() - t0, 2),
+        memory=lineage.peak_memory(),
+        memory_per_process=per_process,
+        device="cuda" if _on_gpu() else "cpu",
+        world_size=world_size,
+        per_device_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        effective_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+    )
+
+
+def run_sft(
+    params: Params,
+    examples: Sequence[dict[str, str]],
+    work: str | Path,
+    *,
+    inputs: dict[str, Any],
+    base: str | Path | None = None,
+    tokenizer=None,
+    seed: int = 0,
+    callbacks: list | None = None,
+    world_size: int = 1,
+) -> None:
+    """The training half of `warmup_sft`: train into `work` (a staging folder the caller
+    publishes) and write the manifest with `inputs` last. Runs in the caller's process
+    (`world_size` 1) or in each of `world_size` processes started by `psr.launch`."""
+    work = Path(work)
+    t0 = _start(params, seed)
+    # the arguments before the model: under ZeRO-3 they make `from_pretrained` build it sharded
+    args = sft_args(params, len(examples), work, seed=seed, world_size=world_size)
+    _check_world(args, world_size)
+    if base is None:
+        model = build_tiny_model(params.model, tokenizer, seed)
+    else:
+        model, loaded_tok = load_policy(base, params.model, trainable=True)
+        tokenizer = tokenizer or loaded_tok
+    model, peft_config = _prepare_adapter(model, params)
+    trainer = build_sft_trainer(
+        params, model, tokenizer, examples, work, peft_config=peft_config, seed=seed, callbacks=callbacks, args=args
+    )
+    result = trainer.train()
+    _finish(
+        trainer, result, tokenizer, work, params, world_size, t0, adapter_base=_adapter_base(base),
+        stage="warmup_sft", inputs=inputs, parent=None if base is None else str(base),
+    )
+
+
+def run_dpo(
+    params: Params,
+    model_dir: str | Path,
+    examples: Sequence[dict[str, str]],
+    work: str | Path,
+    *,
+    inputs: dict[str, Any],
+    ref_dir: str | Path | None = None,
+    seed: int = 0,
+    callbacks: list | None = None,
+    world_size: int = 1,
+) -> None:
+    """The training half of `step_dpo` (see `run_sft`)."""
+    work = Path(work)
+    t0 = _start(params, seed)
+    args = dpo_args(params, len(examples), work, seed=seed, world_size=world_size)
+    _check_world(args, world_size)
+    model, tokenizer = load_policy(model_dir, params.model, trainable=True)
+    model, peft_config = _prepare_adapter(model, params)
+    same_ref = ref_dir is None or Path(ref_dir).resolve() == Path(model_dir).resolve()
+    ref_model = None
+    if not same_ref:
+        ref_model = load_model(ref_dir, params.model, trainable=False)
+    elif peft_config is None and not is_adapter_dir(model_dir):
+        # Full fine-tuning: an explicit frozen copy of the start model (with an adapter, TRL
+        # gets the start model by disabling the new adapter, or from a copy of a loaded one).
+        ref_model = load_model(model_dir, params.model, trainable=False)
+    trainer = build_dpo_trainer(
+        params, model, tokenizer, examples, work,
+        ref_model=ref_model, peft_config=peft_config, seed=seed, callbacks=callbacks, args=args,
+    )
+    result = trainer.train()
+    _finish(
+        trainer, result, tokenizer, work, params, world_size, t0, adapter_base=_adapter_base(model_dir),
+        stage="step_dpo", inputs=inputs, parent=str(model_dir),
+        reference=str(ref_dir if ref_dir is not None else model_dir),
+    )
+
+
 def warmup_sft(
     params: Params,
     examples: Sequence[dict[str, str]],
@@ -446,7 +683,9 @@ def warmup_sft(
     `base=None` builds the tiny random model from `params.model` (needs `tokenizer`); otherwise the
     base is loaded with `load_policy(base, params.model, trainable=True)`. `sources` names the data
     files the examples came from (their hashes go into the manifest). Returns `out_dir`; returns
-    at once when it already holds a finished model made from the same inputs."""
+    at once when it already holds a finished model made from the same inputs. With
+    `run.accelerate_config` set, training runs under `accelerate launch` (`psr.launch`; no
+    `callbacks` then: they cannot cross into the launched processes)."""
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("warmup_sft: no training examples")
@@ -460,33 +699,14 @@ def warmup_sft(
     inputs = sft_inputs(params, examples, base=base, tokenizer=tokenizer, seed=seed, sources=sources)
     if lineage.is_complete(out_dir, inputs):
         return out_dir
-
-    t0 = _start(params, seed)
-    if base is None:
-        model = build_tiny_model(params.model, tokenizer, seed)
-    else:
-        model, loaded_tok = load_policy(base, params.model, trainable=True)
-        tokenizer = tokenizer or loaded_tok
-    model, peft_config = _prepare_adapter(model, params)
+    launch = _launch_config(params)
+    if launch is None:
+        with lineage.staging(out_dir) as tmp:
+            run_sft(params, examples, tmp, inputs=inputs, base=base, tokenizer=tokenizer, seed=seed, callbacks=callbacks)
+        return out_dir
+    launch.check(params, "warmup_sft", callbacks)  # before any process starts or folder is made
     with lineage.staging(out_dir) as tmp:
-        trainer = build_sft_trainer(
-            params, model, tokenizer, examples, tmp, peft_config=peft_config, seed=seed, callbacks=callbacks
-        )
-        result = trainer.train()
-        kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(base))
-        lineage.write_manifest(
-            tmp,
-            stage="warmup_sft",
-            inputs=inputs,
-            parent=None if base is None else str(base),
-            content=kind,
-            n_train_rows=len(trainer.train_dataset),
-            metrics=_metrics(trainer.state.log_history, result),
-            log_history=trainer.state.log_history,
-            wall_time_s=round(time.perf_counter() - t0, 2),
-            memory=lineage.peak_memory(),
-            device="cuda" if _on_gpu() else "cpu",
-        )
+        launch.run("warmup_sft", params, examples, tmp, out_dir, inputs=inputs, seed=seed, base=base, tokenizer=tokenizer)
     return out_dir
 
 
@@ -506,44 +726,20 @@ def step_dpo(
 
     The reference is `ref_dir`, or the starting model `model_dir` when None (the paper's default,
     `dpo.reference: previous`); for `dpo.reference: m1` the caller passes M1's directory.
-    Returns `out_dir`, at once when it already holds a finished model from the same inputs."""
+    Returns `out_dir`, at once when it already holds a finished model from the same inputs.
+    With `run.accelerate_config` set, training runs under `accelerate launch` (`psr.launch`)."""
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("step_dpo: no training pairs")
     inputs = dpo_inputs(params, model_dir, examples, ref_dir=ref_dir, seed=seed, sources=sources)
     if lineage.is_complete(out_dir, inputs):
         return out_dir
-
-    t0 = _start(params, seed)
-    model, tokenizer = load_policy(model_dir, params.model, trainable=True)
-    model, peft_config = _prepare_adapter(model, params)
-    same_ref = ref_dir is None or Path(ref_dir).resolve() == Path(model_dir).resolve()
-    ref_model = None
-    if not same_ref:
-        ref_model = load_model(ref_dir, params.model, trainable=False)
-    elif peft_config is None and not is_adapter_dir(model_dir):
-        # Full fine-tuning: an explicit frozen copy of the start model (with an adapter, TRL
-        # gets the start model by disabling the new adapter, or from a copy of a loaded one).
-        ref_model = load_model(model_dir, params.model, trainable=False)
+    launch = _launch_config(params)
+    if launch is None:
+        with lineage.staging(out_dir) as tmp:
+            run_dpo(params, model_dir, examples, tmp, inputs=inputs, ref_dir=ref_dir, seed=seed, callbacks=callbacks)
+        return out_dir
+    launch.check(params, "step_dpo", callbacks)
     with lineage.staging(out_dir) as tmp:
-        trainer = build_dpo_trainer(
-            params, model, tokenizer, examples, tmp,
-            ref_model=ref_model, peft_config=peft_config, seed=seed, callbacks=callbacks,
-        )
-        result = trainer.train()
-        kind = _save(trainer.model, tokenizer, tmp, params, _adapter_base(model_dir))
-        lineage.write_manifest(
-            tmp,
-            stage="step_dpo",
-            inputs=inputs,
-            parent=str(model_dir),
-            reference=str(ref_dir if ref_dir is not None else model_dir),
-            content=kind,
-            n_train_rows=len(trainer.train_dataset),
-            metrics=_metrics(trainer.state.log_history, result),
-            log_history=trainer.state.log_history,
-            wall_time_s=round(time.perf_counter() - t0, 2),
-            memory=lineage.peak_memory(),
-            device="cuda" if _on_gpu() else "cpu",
-        )
+        launch.run("step_dpo", params, examples, tmp, out_dir, inputs=inputs, seed=seed, model_dir=model_dir, ref_dir=ref_dir)
     return out_dir

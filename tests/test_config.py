@@ -94,3 +94,11 @@ def test_replace_validates():
 def test_pools_must_cover_every_iteration():
     with pytest.raises(ConfigError, match="task.questions_per_iteration"):
         load(TINY, ["run.iterations=4"])
+
+
+def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
+    (tmp_path / "accel.yaml").write_text("distributed_type: MULTI_GPU\nnum_processes: 2\n")
+    with pytest.raises(ConfigError, match="run.workers") as e:
+        load(write(tmp_path, "run:\n  accelerate_config: accel.yaml\n  workers: 2\n"))
+    assert "accelerate_config" in str(e.value)
+    assert load(write(tmp_path, "run:\n  accelerate_config: accel.yaml\n  workers: 1\n")).run.workers == 1
