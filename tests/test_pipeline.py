@@ -290,3 +290,34 @@ def test_sigkill_mid_stage_then_resume_gives_the_same_metrics(reference, tmp_pat
     a = json.loads((ref_root / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert comparable(a) == comparable(b)
+
+
+def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_failure(tmp_path):
+    import nbformat
+
+    from psr.pipeline import StageFailed, WarmKernels, _execute
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "py"}})
+    nb.cells = [nbformat.v4.new_code_cell("x = 0\nfail = False", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os\nassert 'leftover' not in globals()\nleftover = x\n"
+                                          "pid = os.getpid()\nassert not fail, 'asked to fail'")]
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    kernels = WarmKernels(cwd=tmp_path)
+
+    def pid_of(i: int, fail: bool = False) -> int:
+        _execute(src, tmp_path / f"out{i}.ipynb", {"x": i, "fail": fail}, lambda m: None, f"nb{i}", 0.0, kernels=kernels)
+        out = nbformat.read(tmp_path / f"out{i}.ipynb", as_version=4)
+        return int(out.cells[-1]["outputs"][0]["data"]["text/plain"]) if out.cells[-1]["outputs"] else -1
+
+    try:
+        nb.cells[-1].source += "\npid"
+        nbformat.write(nb, src)
+        first, second = pid_of(0), pid_of(1)
+        assert first == second > 0  # the same kernel process ran both, and the second saw no leftover
+        with pytest.raises(StageFailed, match="nb2 failed"):
+            pid_of(2, fail=True)
+        assert (tmp_path / "out2.failed.ipynb").exists()
+        assert pid_of(3) != first  # a failed stage's kernel is not reused
+    finally:
+        kernels.shutdown()
