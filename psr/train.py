@@ -223,6 +223,13 @@ def gradient_accumulation(section, world_size: int = 1, name: str = "") -> int:
     return section.batch_size // per_step
 
 
+def warmup_steps(ratio: float, total: int) -> int:
+    """Learning-rate warm-up steps for a run of `total` optimizer steps, rounded *down*: the
+    first warm-up step trains at lr 0, and transformers rounds a ratio up, so a 1-step run (the
+    tiny study's first step-DPO: 32 pairs at batch 32) would train at lr 0 and change nothing."""
+    return int(ratio * total)
+
+
 def _common_args(
     section, n_examples: int, out: Path, seed: int, params: Params, world_size: int = 1
 ) -> dict[str, Any]:
@@ -239,7 +246,7 @@ def _common_args(
         per_device_train_batch_size=section.per_device_batch_size,
         gradient_accumulation_steps=accum,
         lr_scheduler_type=section.lr_scheduler,
-        warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        warmup_steps=warmup_steps(section.warmup_ratio, total),
         weight_decay=section.weight_decay,
         max_length=section.max_length,
         logging_steps=max(1, total // LOG_POINTS),

@@ -398,3 +398,17 @@ def _load_tok(path, params):
     from psr.models import load_tokenizer
 
     return load_tokenizer(path, params.model)
+
+
+def test_a_one_step_dpo_changes_the_model(m1, data):
+    """A short run's warm-up rounds down: its only step must not train at lr 0 (it did: M2 = M1)."""
+    from safetensors.torch import load_file
+
+    from psr.train import warmup_steps
+
+    assert warmup_steps(0.1, 1) == 0 and warmup_steps(0.1, 20) == 2 and warmup_steps(0.0, 5) == 0
+    examples = step_dpo_examples(data.ppd, data.templates, m1.tok)
+    params = data.params.replace({"dpo.max_steps": 1, "dpo.warmup_ratio": 0.1, "dpo.learning_rate": 1e-4})
+    m2 = step_dpo(params, m1.dir, examples, m1.work / "m2-one-step", seed=0)
+    before, after = load_file(str(m1.dir / "model.safetensors")), load_file(str(m2 / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
