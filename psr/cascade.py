@@ -202,14 +202,21 @@ def cascade_attention(module, query, key, value, attention_mask, scaling=None, d
     # each group's queries against the group's shared prefix, read once per group
     index, present = cache.slots()
     g, s = index.shape
-    q_groups = q_rows[index.reshape(-1)].reshape(g, s, hkv, rep * t, d).permute(0, 2, 1, 3, 4)
-    q_groups = q_groups.reshape(g, hkv, s * rep * t, d)
-    o_p, lse_p = _attend(q_groups, layer.prefix_k, layer.prefix_v, prefix_mask, scaling)
-    lse_p = lse_p.masked_fill(no_prefix[:, None, None], float("-inf"))  # an empty prefix weighs 0
-
-    # [G, Hkv, S*rep*t, ...] -> [R, Hkv, rep*t, ...]
-    o_p = o_p.reshape(g, hkv, s, rep * t, d).permute(0, 2, 1, 3, 4)[present]
-    lse_p = lse_p.reshape(g, hkv, s, rep * t).permute(0, 2, 1, 3)[present]
+    if t == 1 and g * s <= 2 * r:
+        q_groups = q_rows[index.reshape(-1)].reshape(g, s, hkv, rep * t, d).permute(0, 2, 1, 3, 4)
+        q_groups = q_groups.reshape(g, hkv, s * rep * t, d)
+        o_p, lse_p = _attend(q_groups, layer.prefix_k, layer.prefix_v, prefix_mask, scaling)
+        lse_p = lse_p.masked_fill(no_prefix[:, None, None], float("-inf"))  # an empty prefix weighs 0
+        # [G, Hkv, S*rep*t, ...] -> [R, Hkv, rep*t, ...]
+        o_p = o_p.reshape(g, hkv, s, rep * t, d).permute(0, 2, 1, 3, 4)[present]
+        lse_p = lse_p.reshape(g, hkv, s, rep * t).permute(0, 2, 1, 3)[present]
+    else:
+        # many queries per row (the prompt rests) or groups of very different sizes: padding every
+        # group to the largest would cost more than reading the prefix once per row
+        rows = cache.row_group
+        o_p, lse_p = _attend(q_rows, layer.prefix_k.index_select(0, rows), layer.prefix_v.index_select(0, rows),
+                             prefix_mask.index_select(0, rows), scaling)
+        lse_p = lse_p.masked_fill(no_prefix.index_select(0, rows)[:, None, None], float("-inf"))
     m = torch.maximum(lse_s, lse_p)  # finite: every query sees at least itself in its suffix
     w_s, w_p = torch.exp(lse_s - m).unsqueeze(-1), torch.exp(lse_p - m).unsqueeze(-1)
     out = (o_s * w_s + o_p * w_p) / (w_s + w_p)
