@@ -41,8 +41,9 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -194,6 +195,92 @@ def _drop_added_eos(example: dict, eos_id: int) -> dict:
                 )
             out[f"{side}_ids"] = ids[:-1]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT: the same loss with less work per step
+# ---------------------------------------------------------------------------------------------
+
+
+def _sft_trainer_class():
+    """Built lazily so that importing psr.train does not import TRL (slow)."""
+    from trl import SFTTrainer
+
+    class FastSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer, computing the same loss and gradients (up to float rounding) with less
+        work per step: the LM head projects only the positions that have a label
+        (`_lm_head_on_labelled_positions`), and a right-padded batch runs under the plain causal
+        mask (`_causal_mask_when_right_padded`). On the tiny preset's warm-up (1 CPU thread) a
+        step takes ~19% less time. CPU only, where it was measured; on CUDA TRL already projects
+        only the labelled positions."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            ids = inputs.get("input_ids")
+            if ids is None or ids.device.type != "cpu":
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with _lm_head_on_labelled_positions(), _causal_mask_when_right_padded(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return FastSFTTrainer
+
+
+_COMPACT_WARNED = False
+
+
+@contextmanager
+def _lm_head_on_labelled_positions() -> Iterator[None]:
+    """TRL 1.16's fused LM head (`trl.trainer.utils.add_fused_lm_head`) projects only the positions
+    whose label is not -100 where Triton runs (CUDA/XPU); elsewhere, CPU included, it projects every
+    position (so that compiled devices such as Neuron keep one tile shape) and zeroes the unlabelled
+    ones afterwards. Eager CPU training compiles nothing, so we let it take the first path: on the
+    tiny warm-up only ~24% of the padded positions carry a label (prompt and padding carry none),
+    and the head was ~20% of a step. The kernel that scores the tiles keeps its own device check,
+    so on CPU it still runs in torch. The log-probabilities, the loss and the metrics are the same."""
+    global _COMPACT_WARNED
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        if not _COMPACT_WARNED:
+            warnings.warn(
+                "trl.trainer.utils._use_triton is gone (TRL changed): the SFT LM head scores every "
+                "position again (same loss, slower on CPU); revisit psr.train._lm_head_on_labelled_positions"
+            )
+            _COMPACT_WARNED = True
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def right_padded(mask: torch.Tensor | None) -> bool:
+    """Whether every row of a 2-D attention mask is ones then zeros (real tokens, then padding)."""
+    if mask is None or mask.dim() != 2 or mask.size(1) == 0:
+        return False
+    return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+@contextmanager
+def _causal_mask_when_right_padded(model) -> Iterator[None]:
+    """In a causal model a real token of a right-padded row only attends to earlier real tokens, so
+    the padding mask changes nothing the loss sees (padded positions carry no label, and their
+    gradients are zero). Without it, transformers builds no 4-D mask and SDPA runs its plain causal
+    kernel. Only in training, on full sequences (no cache), and only for masks that really are
+    right-padded: generation pads on the left and keeps its mask."""
+
+    def drop_mask(module, args, kwargs):
+        if module.training and kwargs.get("past_key_values") is None and right_padded(kwargs.get("attention_mask")):
+            kwargs = {**kwargs, "attention_mask": None}
+        return args, kwargs
+
+    handle = model.register_forward_pre_hook(drop_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,11 +536,9 @@ def build_sft_trainer(
     completion only). Exposed so tests and notebooks can inspect the prepared dataset. `args`:
     an `sft_args` made earlier (under ZeRO-3 it must exist before the model is loaded)."""
     from datasets import Dataset
-    from trl import SFTTrainer
-
     snapshot = _trainable_snapshot(model)
     args = args if args is not None else sft_args(params, len(examples), output_dir, seed=seed)
-    trainer = SFTTrainer(
+    trainer = _sft_trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(list(examples)),

@@ -22,10 +22,12 @@ from psr.models import build_tiny_model, load_policy, train_tokenizer
 from psr.prompts import Templates, chat_prompt, parse_verdict
 from psr.records import PPDPair, SolutionPair, SRLMEFTRecord
 from psr.train import (
+    _causal_mask_when_right_padded,
     boundary_merges,
     build_dpo_trainer,
     build_sft_trainer,
     dpo_inputs,
+    right_padded,
     sft_examples,
     sft_inputs,
     solution_dpo_examples,
@@ -235,6 +237,75 @@ def test_sft_single_eos_and_completion_only_loss(style, data, tokenizers, tmp_pa
         assert ids.count(tok.eos_token_id) == 1 and ids[-1] == tok.eos_token_id  # no double EOS
         assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
         assert labels[len(prompt_ids) :] == completion_ids  # loss on the completion only
+
+
+def test_right_padded():
+    assert right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert right_padded(torch.ones(2, 4, dtype=torch.bool))
+    assert not right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding (generation)
+    assert not right_padded(torch.tensor([[1, 0, 1]]))  # a hole
+    assert not right_padded(torch.tensor([[0, 0, 0]]))  # an empty row
+    assert not right_padded(None) and not right_padded(torch.ones(1, 1, 3, 3)) and not right_padded(torch.ones(1, 0))
+
+
+def test_sft_step_matches_trl_and_skips_the_unlabelled_positions(data, tokenizers, tmp_path, monkeypatch):
+    """Our SFT trainer gives TRL's loss and gradients on a padded batch, while the LM head sees only
+    the labelled positions and the model runs without the (right-)padding mask."""
+    import trl.trainer.utils as trl_utils
+    from trl import SFTConfig, SFTTrainer
+
+    tok = tokenizers["tiny"]
+    examples = sft_examples(data.ift, data.eft, data.templates, tok)
+    model = _tiny_model(tok)
+    reference_model = copy.deepcopy(model)
+    ours = build_sft_trainer(data.params, model, tok, examples, tmp_path / "ours")
+    trl_args = SFTConfig(
+        output_dir=str(tmp_path / "trl"), completion_only_loss=True, report_to="none", bf16=False, activation_checkpointing=False
+    )
+    reference = SFTTrainer(model=reference_model, args=trl_args, train_dataset=ours.train_dataset, processing_class=tok)
+    batch = next(iter(ours.get_train_dataloader()))
+    mask, labels = batch["attention_mask"], batch["labels"]
+    assert right_padded(mask) and not bool(mask.all())  # the batch really is padded
+
+    head_rows, backbone_masks = [], []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: head_rows.append(hidden.shape[0]) or apply(hidden, *a)
+    )
+    model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: backbone_masks.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    use_triton = trl_utils._use_triton
+    model.train(), reference_model.train()
+    loss = ours.compute_loss(model, dict(batch))
+    loss.backward()
+    assert trl_utils._use_triton is use_triton  # TRL's module is left as it was
+    labelled = int((labels[:, 1:] != -100).sum())
+    assert head_rows == [labelled] and labelled < labels[:, 1:].numel() / 2
+    assert backbone_masks == [None]
+    ref_loss = reference.compute_loss(reference_model, dict(batch))
+    ref_loss.backward()
+    assert head_rows[1] == labels[:, 1:].numel()  # plain TRL on CPU: every position
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("entropy", "mean_token_accuracy", "num_tokens"):  # the logged metrics agree too
+        assert ours._metrics["train"][key] == pytest.approx(reference._metrics["train"][key], rel=1e-5), key
+
+    # the mask is dropped only in training and only when it is right padding
+    ids, left = batch["input_ids"][:, :4], torch.tensor([[0, 1, 1, 1]] * len(mask))
+    with torch.no_grad(), _causal_mask_when_right_padded(model):
+        model(input_ids=ids, attention_mask=left)  # left padding, as generation pads
+        model.eval()
+        model(input_ids=ids, attention_mask=mask[:, :4])
+    assert backbone_masks[-2] is not None and backbone_masks[-1] is not None
+    with torch.no_grad():
+        model.train()
+        with _causal_mask_when_right_padded(model):
+            model(input_ids=ids, attention_mask=mask[:, :4])
+        assert backbone_masks[-1] is None
+        model(input_ids=ids, attention_mask=mask[:, :4])  # the hook is gone after the block
+        assert backbone_masks[-1] is not None
 
 
 def test_nll_weight_maps_to_trl_sft_loss(data, tokenizers, tmp_path):
