@@ -53,6 +53,13 @@ STAGES = {
 }
 
 
+# Stages that may take every core when nothing else runs (a 1-thread preset's only stage on a
+# multi-core machine). Generation only: its samples are the same bit for bit with any number of
+# threads (tests/test_generation.py checks it); training's float sums are not, and a stage's
+# result must not depend on what happened to run beside it.
+SPREADS = ("02_step_search", "03_judging", "05_evaluate")
+
+
 class StageFailed(RuntimeError):
     """A notebook cell raised; the message names the executed notebook that shows the error."""
 
@@ -160,12 +167,15 @@ def remaining_path(graph: Mapping[Task, Sequence[Task]], cost: Mapping[str, floa
 N = TypeVar("N", bound=Hashable)
 
 
-def run_graph(graph: Mapping[N, Sequence[N]], run_one: Callable[[N], None], workers: int,
-              order: Callable[[N], Any] | None = None) -> None:
+def run_graph(graph: Mapping[N, Sequence[N]], run_one: Callable[..., None], workers: int,
+              order: Callable[[N], Any] | None = None, *, tell_alone: bool = False) -> None:
     """Call `run_one(node)` for every node once all its dependencies returned, in at most `workers`
     threads at a time; of the ready nodes the smallest `order(node)` starts first (default: the
     graph's own order). The first exception starts no new node, lets the running ones finish and
-    is raised. A cycle or a dependency outside the graph raises ValueError before anything runs."""
+    is raised. A cycle or a dependency outside the graph raises ValueError before anything runs.
+    With `tell_alone`, `run_one(node, alone)` learns whether the node starts with nothing else
+    running or ready: then nothing else can start before it ends (only an ending node makes
+    others ready), so it may use every core."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     unknown = {d for deps in graph.values() for d in deps if d not in graph}
@@ -185,7 +195,8 @@ def run_graph(graph: Mapping[N, Sequence[N]], run_one: Callable[[N], None], work
                     heapq.heappush(ready, (rank(n), position[n], n))
                 while ready and len(running) < workers:
                     n = heapq.heappop(ready)[2]
-                    running[pool.submit(run_one, n)] = n
+                    args = (n, not running and not ready) if tell_alone else (n,)
+                    running[pool.submit(run_one, *args)] = n
             if not running:  # cannot happen after prepare(): an active graph has a ready node
                 raise RuntimeError("scheduler stalled with no stage ready or running")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -281,7 +292,7 @@ def run_stages(params_path: str, overrides: list[str], params: Params, *, log: C
     chain = {(s, a): i for i, (s, a) in enumerate((s, a) for s in params.run.seeds for a in params.run.arms)}
     multi_seed = len(params.run.seeds) > 1
 
-    def run_one(task: Task) -> None:
+    def run_one(task: Task, alone: bool) -> None:
         seed, arm, stage, k = task.seed, task.arm, task.stage, task.k
         layout = layout_for(params, seed)
         tag = f"[seed {seed} {arm}] {stage} M{k}" if multi_seed else f"[{arm}] {stage} M{k}"
@@ -291,16 +302,21 @@ def run_stages(params_path: str, overrides: list[str], params: Params, *, log: C
         key = stage_key(params, seed, arm, stage, k)
         _reset_if_stale(layout.stage_dir(arm, k, stage), key)
         t0 = time.perf_counter()
+        stage_overrides = list(overrides)
+        threads = os.cpu_count() or 1
+        if alone and stage in SPREADS and params.run.torch_threads and threads > params.run.torch_threads:
+            stage_overrides.append(f"run.torch_threads={threads}")  # not part of any stage key
+            tag += f" ({threads} threads)"
         execute(
             NOTEBOOK_DIR / f"{stage}.ipynb",
             layout.notebook_path(arm, k, stage),
-            {"params_path": params_path, "overrides": overrides, "seed": seed, "arm": arm, "k": k},
+            {"params_path": params_path, "overrides": stage_overrides, "seed": seed, "arm": arm, "k": k},
             log, tag, start,
         )
         wall = time.perf_counter() - t0
         write_json(layout.marker_path(arm, k, stage), {"key": key, "wall_s": round(wall, 2), "stage": stage, "k": k})
 
-    run_graph(graph, run_one, params.run.workers,
+    run_graph(graph, run_one, params.run.workers, tell_alone=True,
               order=lambda t: (-path_left[t], t.k, chain[(t.seed, t.arm)], list(STAGES).index(t.stage)))
 
 

@@ -251,3 +251,21 @@ def test_prefix_sharing_matches_plain_generate_on_a_gqa_model():
     plain = HFGenerator(model, tok, share_prefixes=False, static_cache=False)
     kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=10, stop=None, seed=0)
     assert fast.generate(prompts, **kw) == plain.generate(prompts, **kw)
+
+
+def test_samples_do_not_depend_on_the_thread_count(trained):
+    """psr.pipeline lets a generation stage that runs alone use every core: its samples must be
+    the same as with the preset's one thread."""
+    model, tok = trained
+    prompts = [chat_prompt(tok, QUESTION), chat_prompt(tok, QUESTION) + "Step 1: 12 + 7 = 19\n"]
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            set_threads(threads)
+            gen = HFGenerator(model, tok)
+            out.append((gen.generate(prompts, n=6, temperature=0.7, top_p=0.95, max_new_tokens=24, stop=STOP_STRING, seed=5),
+                        gen.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=24, stop=None, seed=5)))
+        assert out[0] == out[1]
+    finally:
+        torch.set_num_threads(before)

@@ -321,3 +321,22 @@ def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_fai
         assert pid_of(3) != first  # a failed stage's kernel is not reused
     finally:
         kernels.shutdown()
+
+
+def test_run_graph_tells_a_node_when_it_runs_alone():
+    from psr.pipeline import run_graph
+
+    seen: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def run_one(node: str, alone: bool) -> None:
+        with lock:
+            seen[node] = alone
+        time.sleep(0.05)
+
+    # a and b start together (neither alone); c waits for both, then runs alone
+    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=2, tell_alone=True)
+    assert seen == {"a": False, "b": False, "c": True}
+    seen.clear()
+    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=1, tell_alone=True)
+    assert seen == {"a": False, "b": True, "c": True}  # a starts while b is ready and waiting
