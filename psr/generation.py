@@ -176,6 +176,7 @@ class _RowSampler:
         """The `step`-th token of each of `rows` (indices into the row seeds) from its logits."""
         probs = torch.softmax(scores.double() / self.temperature, dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
         cdf = (sorted_probs * keep).cumsum(dim=-1)
         u = self.uniforms[rows.cpu(), step].to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
@@ -183,19 +184,10 @@ class _RowSampler:
         return order.gather(-1, pick).squeeze(-1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.start
-        probs = torch.softmax(scores.double() / self.temperature, dim=-1)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        cumulative = sorted_probs.cumsum(dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        keep = (cumulative - sorted_probs) < self.top_p
-        sorted_probs = sorted_probs * keep
-        cdf = sorted_probs.cumsum(dim=-1)
-        u = self.uniforms[: scores.shape[0], step].to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
-        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
-        token = order.gather(-1, pick)
+        """As a logits processor of `generate`: the picked token gets 0, every other -inf."""
+        token = self.pick(scores, torch.arange(scores.shape[0]), input_ids.shape[1] - self.start)
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, token, 0.0)
+        return out.scatter_(-1, token.unsqueeze(-1), 0.0)
 
 
 class HFGenerator:
