@@ -275,10 +275,18 @@ class HFGenerator:
 
     def _chunks(self, groups: list[_Group], encoded: list[list[int]], max_new_tokens: int) -> list[list[_Group]]:
         """Groups of similar shape (prefix length, then longest rest) go together; a chunk grows
-        while rows x (prefix width + rest width + new tokens) stays within the budget (always at
-        least one row; a group too big for one chunk is split, each piece keeping its prefix)."""
+        while the KV cache it needs stays within the budget (always at least one row; a group too
+        big for one chunk is split, each piece keeping its prefix). That cache holds, in tokens,
+        rows x (prefix width + rest width + new tokens), or with cascade decoding, where each
+        prefix is stored once, groups x prefix width + rows x (rest width + new tokens)."""
         rest = lambda g: max(len(encoded[i]) - g.prefix for i in g.rows)  # noqa: E731
         ordered = sorted(groups, key=lambda g: (g.prefix, rest(g)), reverse=True)
+
+        def tokens(n_groups: int, n_rows: int, wp: int, wr: int) -> int:
+            if self.cascade:
+                return n_groups * wp + n_rows * (wr + max_new_tokens)
+            return n_rows * (wp + wr + max_new_tokens)
+
         chunks: list[list[_Group]] = []
         current: list[_Group] = []
         width_p = width_r = n_rows = 0
@@ -286,7 +294,7 @@ class HFGenerator:
             piece: _Group | None = None
             for i in g.rows:
                 wp, wr = max(width_p, g.prefix), max(width_r, len(encoded[i]) - g.prefix)
-                if n_rows and (n_rows + 1) * (wp + wr + max_new_tokens) > self.max_tokens_per_batch:
+                if n_rows and tokens(len(current) + (piece is None), n_rows + 1, wp, wr) > self.max_tokens_per_batch:
                     chunks.append(current)
                     current, n_rows, piece = [], 0, None
                     wp, wr = g.prefix, len(encoded[i]) - g.prefix

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psr.cascade import _CascadeCache, cascade_attention, decode, supports_cascade
+from psr.cascade import _CascadeCache, _Prefixes, _pieces, cascade_attention, decode, supports_cascade
 from psr.generation import HFGenerator
 from psr.models import set_threads
 
@@ -38,9 +38,9 @@ def test_cascade_attention_equals_attention_over_the_concatenation(t, heads, kv_
     prefix_valid[1] = False
     pk, pv = torch.randn(n_groups, kv_heads, lp, d), torch.randn(n_groups, kv_heads, lp, d)
     pk, pv = pk.masked_fill(~prefix_valid[:, None, :, None], 0), pv.masked_fill(~prefix_valid[:, None, :, None], 0)
-    cache = _CascadeCache([(pk, pv)], prefix_valid, row_group, r, filled + t + 2)
+    cache = _CascadeCache(_Prefixes([(pk, pv)], prefix_valid, row_group), r, filled + t + 2)
     old_k, old_v = torch.randn(r, kv_heads, filled, d), torch.randn(r, kv_heads, filled, d)
-    cache.layers[0].suffix_k[:, :, :filled], cache.layers[0].suffix_v[:, :, :filled] = old_k, old_v
+    cache.suffix_k[0][:, :, :filled], cache.suffix_v[0][:, :, :filled] = old_k, old_v
     cache.suffix_valid[:, :filled] = True
     cache.suffix_valid[4, :3] = False  # a row with left-padded rest
     cache.filled = filled
@@ -100,3 +100,36 @@ def test_cascade_path_samples_what_the_static_cache_path_samples(arch):
         if kw["temperature"] == 0.1:  # samples of one prompt are decoded together until they diverge
             distinct = [len({s.text for s in row}) for row in a]
             assert min(distinct) < kw["n"] and max(distinct) > 1, distinct
+
+
+@pytest.mark.parametrize("compact", [1, 1000])
+def test_judge_like_prompts_decode_the_same_prefilled_in_pieces(monkeypatch, compact):
+    """Prompts sharing a question and then a candidate, prefilled in pieces of a few rows, with
+    finished rows dropped at once or riding along: the static-cache results."""
+    import psr.cascade as cascade
+
+    model, tok = _model_and_tokenizer("qwen2")
+    question = "Problem: 2 + 3 then times 2 and then minus 1 more\n"
+    steps = ["Step 1: 2 + 3 = 5\n", "Step 1: 2 + 3 = 6\n", "Step 1: 5\n"]
+    prompts = [f"{question}A: {a}B: {b}Answer" for a in steps for b in steps if a != b] + ["x Step", "Step 2:"]
+    fast, static = HFGenerator(model, tok), HFGenerator(model, tok, cascade=False)
+    kw = dict(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, stop=" ", seed=0)
+    want = static.generate(prompts, **kw)
+    assert {s.finish_reason for row in want for s in row} == {"eos", "stop", "length"}  # rows end apart
+    monkeypatch.setattr(cascade, "PREFILL_TOKENS", 40)
+    monkeypatch.setattr(cascade, "COMPACT_FRACTION", compact)
+    pieces = []
+    monkeypatch.setattr(cascade, "_pieces", lambda *a: pieces.append(_pieces(*a)) or pieces[-1])
+    assert fast.generate(prompts, **kw) == want
+    assert max(len(p) for p in pieces) > 1  # some prefill did come in pieces
+
+
+def test_prefill_pieces_stay_within_the_token_budget():
+    lengths = [5, 5, 3, 9, 1, 12, 2]
+    pieces = _pieces(lengths, 10)
+    assert [i for p in pieces for i in range(len(lengths))[p]] == list(range(len(lengths)))  # in order, once
+    for p in pieces:
+        rows = lengths[p]
+        assert len(rows) == 1 or len(rows) * max(rows) <= 10  # a row longer than the budget goes alone
+    assert [(p.start, p.stop) for p in pieces] == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
+    assert _pieces([], 10) == []
