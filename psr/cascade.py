@@ -338,7 +338,7 @@ def decode(
             live = [u for u, m in enumerate(slots) if m is not None]
             expand = [u for u in live for _ in slots[u]]  # type: ignore[union-attr]
             rows = [r for u in live for r in slots[u]]  # type: ignore[union-attr]
-            if len(expand) != logits.shape[0]:
+            if expand != list(range(logits.shape[0])):  # finished slots, or states of several rows
                 logits = logits[torch.tensor(expand, device=device)]
             tokens = pick(logits, torch.tensor(rows, device=device), step).tolist()
             children: dict[tuple[int, int], list[int]] = {}

@@ -133,3 +133,29 @@ def test_prefill_pieces_stay_within_the_token_budget():
         assert len(rows) == 1 or len(rows) * max(rows) <= 10  # a row longer than the budget goes alone
     assert [(p.start, p.stop) for p in pieces] == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
     assert _pieces([], 10) == []
+
+
+@pytest.mark.parametrize("compact", [1, 1000])
+def test_a_finished_row_riding_along_does_not_shift_the_others_logits(monkeypatch, compact):
+    """Row 0 ends at once; rows 1 and 2 share a state (same prompt); each live row must still get
+    its own logits while row 0's slot rides along (compact=1) or after it is dropped (1000)."""
+    import psr.cascade as cascade
+
+    model, tok = _model_and_tokenizer("llama")
+    eos = tok.eos_token_id
+    ids = tok("Problem: 2 + 3 then times 2\nStep 1: 2 + 3 = 5", add_special_tokens=False)["input_ids"]
+
+    def pick(logits, rows, step):
+        out = logits.argmax(dim=-1)
+        return torch.where((rows == 0) & (step == 0), torch.full_like(out, eos), out)
+
+    def run():
+        return decode(model, tok.pad_token_id, [ids[:4]], [ids[4:], ids[6:], ids[6:]], [0, 0, 0],
+                      max_new_tokens=6, pick=pick, eos_ids=[eos], stop_check=None)
+
+    monkeypatch.setattr(cascade, "COMPACT_FRACTION", compact)
+    got = run()
+    assert got[0].reason == "eos" and got[0].tokens == []
+    want = [decode(model, tok.pad_token_id, [ids[:4]], [ids[6:]], [0], max_new_tokens=6,
+                   pick=lambda lg, r, s: lg.argmax(dim=-1), eos_ids=[eos], stop_check=None)[0]] * 2
+    assert got[1:] == want
