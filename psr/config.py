@@ -32,7 +32,7 @@ class RunParams:
     iterations: int = 3  # DPO rounds: M1 -> M(1+iterations); paper: 3 (M1 -> M4)
     results_dir: str = "results"
     torch_threads: int = 1  # one thread per process on a shared CPU (measured 6-70x faster here)
-    workers: int = 2  # at most this many stages (notebook kernels) run at once (psr.pipeline)
+    workers: int = 2  # at most this many stages (notebook kernels) run at once (psr.study.graph)
     # multi-GPU training: an accelerate config file (e.g. DeepSpeed ZeRO-3), relative to the
     # preset file; empty = one process
     accelerate_config: str = ""

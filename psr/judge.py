@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from psr.config import JudgeParams
-from psr.generation import Generator, Sample
+from psr.engines import Generator, Sample
 from psr.prompts import Templates, Verdict, chat_prompt, parse_verdict
 from psr.records import EFTRecord
 

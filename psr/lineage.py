@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from psr.io import write_json
 
 MANIFEST = "manifest.json"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
@@ -161,8 +162,6 @@ def staging(out_dir: str | Path) -> Iterator[Path]:
 
 def write_manifest(model_dir: str | Path, *, stage: str, inputs: Mapping[str, Any], **fields: Any) -> dict:
     """Write `manifest.json` (call it last). `digest` identifies this model to its children."""
-    from psr.io import write_json
-
     inputs = _normal(dict(inputs))
     manifest = {
         "stage": stage,

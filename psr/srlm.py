@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from psr.config import SRLMParams
-from psr.generation import derive_seed
+from psr.engines import derive_seed
 from psr.io import append_jsonl, read_jsonl
 from psr.prompts import Templates, chat_prompt, parse_score
 from psr.records import Question, SolutionPair

@@ -1,11 +1,11 @@
-"""`python -m psr.bench search` runs both loops and ends with the speedup line (a smoke test of
+"""`python -m psr.tools.bench search` runs both loops and ends with the speedup line (a smoke test of
 the benchmark's plumbing on a random-weight model; the number itself is measured, not asserted)."""
 
 from __future__ import annotations
 
 import re
 
-from psr.bench_search import main
+from psr.tools.bench_search import main
 
 
 def test_search_bench_ends_with_the_speedup_line(capsys):

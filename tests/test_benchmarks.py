@@ -1,4 +1,4 @@
-"""Tests for psr.tasks.benchmarks and psr.bench_grading.
+"""Tests for psr.tasks.benchmarks and psr.tools.bench_grading.
 
 Hand-written fixtures in the real schema of each Qwen2.5-Math harness file are written to
 ``tmp_path``; the real files are only read when ``PSR_BENCHMARK_DIR`` points at them (they are
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from psr.bench_grading import CROSS_REJECT_MIN, SELF_ACCEPT_MIN, grade_benchmark, main
+from psr.tools.bench_grading import CROSS_REJECT_MIN, SELF_ACCEPT_MIN, grade_benchmark, main
 from psr.tasks.benchmarks import (
     BENCHMARKS,
     BenchmarkFormatError,

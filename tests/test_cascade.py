@@ -1,4 +1,4 @@
-"""Shared-prefix decoding (`psr.cascade`): the same numbers as attending over each row's whole
+"""Shared-prefix decoding (`psr.engines.cascade`): the same numbers as attending over each row's whole
 sequence, and the same samples as the static-cache `generate` path."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psr.cascade import _CascadeCache, _Prefixes, _pieces, cascade_attention, decode, supports_cascade
-from psr.generation import HFGenerator
+from psr.engines.cascade import _CascadeCache, _Prefixes, _pieces, cascade_attention, decode, supports_cascade
+from psr.engines import HFGenerator
 from psr.models import set_threads
 
 
@@ -106,7 +106,7 @@ def test_cascade_path_samples_what_the_static_cache_path_samples(arch):
 def test_judge_like_prompts_decode_the_same_prefilled_in_pieces(monkeypatch, compact):
     """Prompts sharing a question and then a candidate, prefilled in pieces of a few rows, with
     finished rows dropped at once or riding along: the static-cache results."""
-    import psr.cascade as cascade
+    import psr.engines.cascade as cascade
 
     model, tok = _model_and_tokenizer("qwen2")
     question = "Problem: 2 + 3 then times 2 and then minus 1 more\n"
@@ -139,7 +139,7 @@ def test_prefill_pieces_stay_within_the_token_budget():
 def test_a_finished_row_riding_along_does_not_shift_the_others_logits(monkeypatch, compact):
     """Row 0 ends at once; rows 1 and 2 share a state (same prompt); each live row must still get
     its own logits while row 0's slot rides along (compact=1) or after it is dropped (1000)."""
-    import psr.cascade as cascade
+    import psr.engines.cascade as cascade
 
     model, tok = _model_and_tokenizer("llama")
     eos = tok.eos_token_id

@@ -8,7 +8,7 @@ import pytest
 
 from psr.config import PromptParams
 from psr.evaluate import evaluate, step_stats
-from psr.generation import Sample
+from psr.engines import Sample
 from psr.models import train_tokenizer
 from psr.prompts import Templates
 from psr.tasks.benchmarks import BenchmarkItem

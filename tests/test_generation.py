@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from psr.config import ModelParams
-from psr.generation import HFGenerator, Sample, _StopAfterPrompt, cut_at_stop, derive_seed, share_groups
+from psr.engines import HFGenerator, Sample, cut_at_stop, derive_seed
+from psr.engines.hf import _StopAfterPrompt, share_groups
 from psr.models import EOS, build_tiny_model, set_threads, train_tokenizer
 from psr.prompts import chat_prompt
 from psr.steps import STOP_STRING
@@ -167,7 +168,7 @@ def test_samples_do_not_depend_on_batch_companions_or_chunking(trained):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from psr.generation import _RowSampler
+    from psr.engines.hf import _RowSampler
 
     scores = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
     picks = set()
@@ -216,13 +217,11 @@ def test_helpers():
 def test_vllm_backend_is_optional():
     import importlib.util
 
-    from psr.generation import VLLMGenerator, make_generator
+    from psr.engines import VLLMGenerator
 
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ImportError, match="vllm"):
             VLLMGenerator("some/model")
-    with pytest.raises(ValueError, match="backend"):
-        make_generator("nope", None, None, 1)
 
 
 def test_prefix_sharing_matches_plain_generate_on_a_gqa_model():

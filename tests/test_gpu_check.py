@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from psr import gpu_check
+from psr.tools import gpu_check
 from psr.cli import main as cli_main
 from psr.config import PromptParams
 from psr.prompts import Templates

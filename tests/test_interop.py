@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from psr.interop import HEADER, export_step_dpo, from_step_dpo, import_step_dpo, load_step_dpo, to_step_dpo
+from psr.tools.interop import HEADER, export_step_dpo, from_step_dpo, import_step_dpo, load_step_dpo, to_step_dpo
 from psr.io import RecordError
 from psr.records import PPDPair
 from psr.steps import STEP_MARKER
@@ -119,7 +119,7 @@ def test_non_object_and_bad_json_rows(tmp_path):
 
 def test_record_fields_are_all_covered():
     """Every PPDPair field is either carried by the layout or an extra column."""
-    from psr.interop import EXTRAS
+    from psr.tools.interop import EXTRAS
 
     names = {f.name for f in dataclasses.fields(PPDPair)}
     assert names == set(SHARED) | set(EXTRAS)

@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 
 from psr.config import JudgeParams, PromptParams
-from psr.generation import Sample, cut_at_stop
+from psr.engines import Sample, cut_at_stop
 from psr.judge import (
     JudgeGroup,
     Judgment,

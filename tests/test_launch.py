@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from psr import config, lineage
-from psr.bench_train import tiny_records
+from psr.tools.bench_train import tiny_records
 from psr.launch import JOB_DIR, LaunchConfig, LaunchError, LaunchFailed, log_path_for, params_from_dict
 from psr.models import load_policy, train_tokenizer
 from psr.prompts import Templates

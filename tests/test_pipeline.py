@@ -23,16 +23,10 @@ from pathlib import Path
 import pytest
 
 from psr.config import load
-from psr.pipeline import (
-    StageFailed,
-    Task,
-    dependencies,
-    layout_for,
-    plan,
-    run_graph,
-    run_stages,
-    study_graph,
-)
+from psr.study.graph import Task, dependencies, plan, run_graph, study_graph
+from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
+from psr.study.layout import layout_for
+from psr.study.runner import run_stages
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = [
@@ -295,8 +289,6 @@ def test_sigkill_mid_stage_then_resume_gives_the_same_metrics(reference, tmp_pat
 def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_failure(tmp_path):
     import nbformat
 
-    from psr.pipeline import StageFailed, WarmKernels, _execute
-
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "py"}})
     nb.cells = [nbformat.v4.new_code_cell("x = 0\nfail = False", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import os\nassert 'leftover' not in globals()\nleftover = x\n"
@@ -306,7 +298,7 @@ def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_fai
     kernels = WarmKernels(cwd=tmp_path)
 
     def pid_of(i: int, fail: bool = False) -> int:
-        _execute(src, tmp_path / f"out{i}.ipynb", {"x": i, "fail": fail}, lambda m: None, f"nb{i}", 0.0, kernels=kernels)
+        execute_notebook(src, tmp_path / f"out{i}.ipynb", {"x": i, "fail": fail}, lambda m: None, f"nb{i}", 0.0, kernels=kernels)
         out = nbformat.read(tmp_path / f"out{i}.ipynb", as_version=4)
         return int(out.cells[-1]["outputs"][0]["data"]["text/plain"]) if out.cells[-1]["outputs"] else -1
 
@@ -324,8 +316,6 @@ def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_fai
 
 
 def test_run_graph_tells_a_node_when_it_runs_alone():
-    from psr.pipeline import run_graph
-
     seen: dict[str, bool] = {}
     lock = threading.Lock()
 

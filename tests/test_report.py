@@ -7,8 +7,9 @@ from pathlib import Path
 
 from psr.config import load
 from psr.io import write_json
-from psr.pipeline import layout_for, plan
-from psr.report import collect_metrics, write_report
+from psr.study.graph import plan
+from psr.study.layout import layout_for
+from psr.study.report import collect_metrics, write_report
 
 TINY = Path(__file__).resolve().parent.parent / "params" / "tiny.yaml"
 

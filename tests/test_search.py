@@ -12,7 +12,7 @@ import re
 import pytest
 
 from psr.config import JudgeParams, ModelParams, PromptParams, SearchParams
-from psr.generation import HFGenerator, Sample
+from psr.engines import HFGenerator, Sample
 from psr.io import RecordError, read_jsonl
 from psr.judge import GroupJudgment
 from psr.models import build_tiny_model, set_threads, train_tokenizer

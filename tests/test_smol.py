@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from psr import smol
+from psr.tools import smol
 from psr.config import ModelParams, load
 from psr.models import build_tiny_model, load_policy, load_tokenizer, resolve_model_name
 from psr.prompts import Templates, chat_prompt
@@ -217,7 +217,7 @@ def _tensor(model_dir: Path, name: str) -> torch.Tensor:
 @pytest.mark.slow
 def test_smol_preset_chain_sft_search_dpo_eval(smol_dir, tmp_path):
     from psr.evaluate import evaluate
-    from psr.generation import HFGenerator
+    from psr.engines import HFGenerator
     from psr.io import read_jsonl
     from psr.search import step_search
     from psr.tasks.benchmarks import load_benchmark

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from psr import config, lineage
-from psr.bench_train import tiny_records
+from psr.tools.bench_train import tiny_records
 from psr.models import build_tiny_model, load_policy, train_tokenizer
 from psr.prompts import Templates, chat_prompt, parse_verdict
 from psr.records import PPDPair, SolutionPair, SRLMEFTRecord

@@ -74,6 +74,11 @@ from psr.steps import (
     segment_solution,
     split_steps,
 )
+from psr.config import ModelParams
+from psr.models import load_policy
+from psr.prompts import chat_prompt
+from psr.prompts import parse_verdict
+from psr.tasks.benchmarks import BENCHMARKS, load_benchmark
 
 HUB_PREFIX = "hub:"
 _LOCAL_EXTS = (".jsonl", ".json", ".parquet")
@@ -154,7 +159,6 @@ class _Part:
 
 class Source:
     """The rows of one source spec, loaded through `datasets`, each with a location for errors."""
-
     def __init__(self, spec: str, cache_dir: str | None = None):
         self.spec = parse_source(spec)
         self.parts: list[_Part] = []
@@ -321,7 +325,6 @@ def _merge_after_first_final(steps: list[str]) -> list[str]:
 @dataclass
 class RawSolution:
     """A question with a worked solution as the source wrote it (after format normalisation)."""
-
     id: str
     question: str
     solution: str
@@ -410,9 +413,6 @@ def llm_segment(
     faithful split (the paper's o1 was told not to alter content; we check that it did not)."""
     import torch
 
-    from psr.config import ModelParams
-    from psr.models import load_policy
-    from psr.prompts import chat_prompt
 
     model, tok = load_policy(model_dir, model_params or ModelParams())
     tok.padding_side = "left"
@@ -586,7 +586,6 @@ def prm_step_text(text: str) -> str | None:
 @dataclass
 class StepPair:
     """A PRM800K step where one alternative was rated +1 and another -1."""
-
     question: str
     previous_steps: list[str]
     good: str
@@ -635,8 +634,6 @@ def _default_judgment(question: str, previous: list[str], a: str, b: str, verdic
 
 def _pair_records(pair: StepPair, judgment_fn: JudgmentFn) -> tuple[EFTRecord, EFTRecord] | None:
     """The pair in both orders, or None when the judgment disagrees with the labels in either."""
-    from psr.prompts import parse_verdict
-
     base = f"eft-{pair.key}"
     records = []
     for suffix, a, b, verdict in (("ab", pair.good, pair.bad, "A"), ("ba", pair.bad, pair.good, "B")):
@@ -851,14 +848,11 @@ def build_pools(source: Source, sizes: Sequence[int], seed: int, exclude: set[st
 @dataclass
 class RealTask(SyntheticTask):
     """The synthetic task's splits (so every stage reads both alike), plus build statistics."""
-
     stats: dict = field(default_factory=dict)
 
 
 def benchmark_questions(params) -> set[str]:
     """Normalised questions of the preset's evaluation benchmarks that are available locally."""
-    from psr.tasks.benchmarks import BENCHMARKS, load_benchmark
-
     data_dir = params.eval.benchmark_dir or os.environ.get("PSR_BENCHMARK_DIR", "")
     if not data_dir:
         return set()

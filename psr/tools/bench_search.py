@@ -1,8 +1,8 @@
-"""`python -m psr.bench_search --params params/tiny.yaml [--model DIR] [--questions N]`
+"""`python -m psr.tools.bench_search --params params/tiny.yaml [--model DIR] [--questions N]`
 
 Judged comparisons per second of the search engine (`psr.search.step_search` on `HFGenerator`:
 lockstep rounds, one batched call per round for all candidates and one for all judgments,
-each shared prefix stored and attended once (`psr.cascade`), samples of a prompt decoded as one
+each shared prefix stored and attended once (`psr.engines.cascade`), samples of a prompt decoded as one
 row until they diverge) against the naive loop a first implementation
 would write: one question at a time, one plain `generate` call for a prompt's w candidates and
 one per judgment. Both search the same questions with the same model, width, token caps and
@@ -27,12 +27,18 @@ from pathlib import Path
 import torch
 
 from psr.config import JudgeParams, Params, SearchParams, load
-from psr.generation import HFGenerator, derive_seed
+from psr.engines import HFGenerator, derive_seed
 from psr.judge import judge_decoding, ordered_pairs
 from psr.prompts import Templates, chat_prompt, parse_verdict
 from psr.records import Question
 from psr.search import distinct_candidates
 from psr.steps import STOP_STRING, is_final, prefix_text, strip_marker
+from psr.models import build_tiny_model, train_tokenizer
+from psr.models import load_policy
+from psr.models import set_threads
+from psr.search import step_search
+from psr.tasks.synthetic import build_task
+from psr.tasks.synthetic import build_task, corpus
 
 
 def naive_search(
@@ -86,9 +92,6 @@ def naive_search(
 
 def _tiny_setup(params: Params, n_questions: int, seed: int):
     """A tokenizer trained on a small synthetic task's text, a random M0, and pool questions."""
-    from psr.models import build_tiny_model, train_tokenizer
-    from psr.tasks.synthetic import build_task, corpus
-
     task_params = dataclasses.replace(
         params.task, n_ift=300, n_eft=300, n_eft_test=0, n_test=0, n_srlm_eft=100,
         questions_per_iteration=(max(n_questions, 1),),
@@ -101,8 +104,6 @@ def _tiny_setup(params: Params, n_questions: int, seed: int):
 
 
 def _model_setup(params: Params, model_dir: str, n_questions: int, seed: int):
-    from psr.models import load_policy
-    from psr.tasks.synthetic import build_task
 
     model, tokenizer = load_policy(model_dir, params.model)
     task_params = dataclasses.replace(
@@ -113,7 +114,7 @@ def _model_setup(params: Params, model_dir: str, n_questions: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m psr.bench_search", description=__doc__.split("\n\n")[1])
+    ap = argparse.ArgumentParser(prog="python -m psr.tools.bench_search", description=__doc__.split("\n\n")[1])
     ap.add_argument("--params", default="params/tiny.yaml", help="preset (search/judge/model sections are used)")
     ap.add_argument("--model", default=None, help="model folder (default: a tiny random-weight M0)")
     ap.add_argument("--questions", type=int, default=64, help="questions searched by both loops")
@@ -127,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.questions < 1 or args.expansions < 1 or args.threads < 1:
         ap.error("--questions, --expansions and --threads must be >= 1")
 
-    from psr.models import set_threads
 
     params = load(args.params)
     set_threads(args.threads)
@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
           f"judge cap {judge.max_new_tokens} tokens, judge {'sampled' if judge.do_sample else 'greedy'}, "
           f"max_tokens_per_batch {search.max_tokens_per_batch}, torch threads {torch.get_num_threads()}")
 
-    from psr.search import step_search
 
     plain = HFGenerator(model, tokenizer, search.max_tokens_per_batch, share_prefixes=False, static_cache=False)
     for g in (generator, plain):  # first-call costs (allocator, kernels) stay out of both timings

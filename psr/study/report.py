@@ -13,7 +13,8 @@ from typing import Any
 
 from psr.config import Params
 from psr.io import atomic_write_text, read_json, write_json
-from psr.pipeline import layout_for, plan, run_root
+from psr.study.graph import plan
+from psr.study.layout import layout_for, run_root
 
 STAGE_KEYS = {"02_step_search": "search", "03_judging": "judge", "04_step_dpo": "dpo"}
 JUDGE_FIELDS = ("accuracy", "position_consistency", "parse_rate")

@@ -1,86 +1,38 @@
-"""What each numbered notebook does, as plain functions (the notebooks only call and display).
+"""What each numbered notebook does, as plain functions (the notebooks call them and display).
 
-Each stage reads its inputs from the run layout (`psr.pipeline.Layout`), writes its outputs
+Each stage reads its inputs from the run layout (`psr.study.layout.Layout`), writes its outputs
 there atomically, and returns a JSON-able summary that it also saves as `<stage>/summary.json`,
-the file `psr.report` collects metrics from.
+the file `psr.study.report` collects metrics from.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
+from psr import lineage
+from psr.engines import HFGenerator, VLLMGenerator
+from psr.evaluate import evaluate
 from psr.io import read_json, read_jsonl, write_json
-from psr.pipeline import Context, Layout
-from psr.records import Question
+from psr.judge import judge_pairs_accuracy
+from psr.models import is_adapter_dir, load_policy
+from psr.prompts import chat_prompt
+from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
+from psr.search import step_search
+from psr.srlm import load_pairs, srlm_pairs
+from psr.study.context import Context
+from psr.study.data import load_records, m0_tokenizer, prepare_data
+from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
+from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
 SUMMARY = "summary.json"
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def prepare_data(params, layout: Layout, log=print) -> Path:
-    """Task files (+ the tiny model's tokenizer) for one seed, shared by both arms. Built into a
-    temporary folder and renamed into place, so a folder that exists is complete."""
-    data_dir = layout.data_dir
-    digest = params.digest("task", "model", "prompts")
-    manifest = data_dir / "manifest.json"
-    if manifest.exists() and read_json(manifest).get("digest") == digest:
-        return data_dir
-    t0 = time.perf_counter()
-    tmp = data_dir.with_name(f".{data_dir.name}.building")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    from psr.prompts import Templates
-    from psr.tasks.synthetic import write_task
-
-    templates = Templates.for_params(params)
-    task = build_task(params, layout.seed)
-    write_task(task, tmp)
-    if params.model.kind == "tiny":
-        from psr.models import train_tokenizer
-        from psr.tasks.synthetic import corpus
-
-        train_tokenizer(corpus(task, templates), params.model.vocab_size, tmp / "tokenizer")
-    counts = {name: len(getattr(task, name)) for name in ("ift", "eft", "eft_test", "test", "srlm_eft")}
-    counts["pools"] = [len(p) for p in task.pools]
-    write_json(tmp / "manifest.json", {"digest": digest, "seed": layout.seed, "counts": counts,
-                                       "wall_s": round(time.perf_counter() - t0, 2)})
-    if data_dir.exists():
-        import shutil
-
-        shutil.rmtree(data_dir)
-    os.replace(tmp, data_dir)
-    log(f"[seed {layout.seed}] data ready in {data_dir} ({time.perf_counter() - t0:.1f}s): {counts}")
-    return data_dir
-
-
-def build_task(params, seed: int):
-    if params.task.kind == "synthetic":
-        from psr.tasks.synthetic import build_task as build_synthetic
-
-        return build_synthetic(params.task, seed)
-    from psr.tasks.real import build_real_task
-
-    return build_real_task(params, seed)
-
-
-def load_records(data_dir: Path, name: str, record_type):
-    return read_jsonl(Path(data_dir) / f"{name}.jsonl", record_type)
-
-
 def _tokenizer(ctx: Context):
-    """The M0 tokenizer: trained with the data (tiny) or the pretrained model's own."""
-    from psr.models import load_tokenizer
-
-    p = ctx.params
-    source = ctx.layout.data_dir / "tokenizer" if p.model.kind == "tiny" else p.model.name_or_path
-    return load_tokenizer(source, p.model)
+    return m0_tokenizer(ctx.params, ctx.layout)
 
 
 def _save(ctx: Context, stage: str, summary: dict) -> dict:
@@ -93,9 +45,6 @@ def _save(ctx: Context, stage: str, summary: dict) -> dict:
 
 def warmup_stage(ctx: Context) -> dict:
     """M0 -> M1: SFT on IFT + EFT (step-pair EFT for PSRLM, solution-scoring EFT for SRLM)."""
-    from psr.records import EFTRecord, IFTRecord, SRLMEFTRecord
-    from psr.train import sft_examples, srlm_sft_examples, warmup_sft
-
     p, data = ctx.params, prepare_data(ctx.params, ctx.layout)
     tokenizer = _tokenizer(ctx)
     ift = load_records(data, "ift", IFTRecord)
@@ -119,18 +68,29 @@ def warmup_stage(ctx: Context) -> dict:
 
 def generator_for(ctx: Context, model_dir: Path | None = None):
     """The batched sampling backend over M_k (HF generate; vLLM when the preset asks)."""
-    from psr.models import load_policy
-
     p = ctx.params
     model_dir = model_dir or ctx.model_dir
     if p.search.backend == "vllm":
-        from psr.generation import VLLMGenerator
-
-        return VLLMGenerator.from_model_dir(model_dir, p), _tokenizer(ctx)
-    from psr.generation import HFGenerator
-
+        return _vllm_generator(model_dir, p), _tokenizer(ctx)
     model, tokenizer = load_policy(model_dir, p.model)
     return HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
+
+
+def _vllm_generator(model_dir: Path, params) -> VLLMGenerator:  # pragma: no cover - GPU
+    """M_k on vLLM: a full model folder, or a PEFT adapter folder served as base + LoRA (the base
+    is named in its adapter_config.json)."""
+    kwargs = dict(
+        dtype=params.model.dtype,
+        trust_remote_code=params.model.trust_remote_code,
+        tensor_parallel_size=params.search.tensor_parallel_size,
+        seed=0,
+    )
+    if is_adapter_dir(model_dir):
+        config = json.loads((Path(model_dir) / "adapter_config.json").read_text())
+        rank = int(config.get("r", params.model.lora.r))
+        kwargs["max_lora_rank"] = 1 << max(3, (rank - 1).bit_length())  # vLLM wants 8, 16, 32, ...
+        return VLLMGenerator(config["base_model_name_or_path"], adapter_dir=model_dir, tokenizer=str(model_dir), **kwargs)
+    return VLLMGenerator(model_dir, **kwargs)
 
 
 def pool(ctx: Context) -> list[Question]:
@@ -147,15 +107,11 @@ def preference_stage(ctx: Context) -> dict:
     generator, tokenizer = generator_for(ctx)
     questions = pool(ctx)
     if ctx.arm == "psrlm":
-        from psr.search import step_search
-
         stats = step_search(
             questions, generator, ctx.templates, tokenizer, p.search, p.judge,
             iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
         )
     else:
-        from psr.srlm import srlm_pairs
-
         stats = srlm_pairs(
             questions, generator, ctx.templates, tokenizer, p.srlm,
             iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
@@ -166,11 +122,7 @@ def preference_stage(ctx: Context) -> dict:
 def preference_pairs(ctx: Context) -> list:
     d = ctx.layout.stage_dir(ctx.arm, ctx.k, "02_step_search")
     if ctx.arm == "psrlm":
-        from psr.records import PPDPair
-
         return read_jsonl(d / "ppd.jsonl", PPDPair) if (d / "ppd.jsonl").exists() else []
-    from psr.srlm import load_pairs
-
     return load_pairs(d / "srlm.jsonl")
 
 
@@ -180,9 +132,6 @@ def preference_pairs(ctx: Context) -> list:
 def judging_stage(ctx: Context) -> dict:
     """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
     parse rate (the paper's Table 3 analogue)."""
-    from psr.judge import judge_pairs_accuracy
-    from psr.records import EFTRecord
-
     p = ctx.params
     source = Path(p.eval.judge_pairs) if p.eval.judge_pairs else ctx.layout.data_dir / "eft_test.jsonl"
     records = read_jsonl(source, EFTRecord)
@@ -200,8 +149,6 @@ def judging_stage(ctx: Context) -> dict:
 
 def dpo_stage(ctx: Context) -> dict:
     """M_k -> M_{k+1}: step-DPO on PPD(M_k) (PSRLM) or solution DPO (SRLM)."""
-    from psr.train import solution_dpo_examples, step_dpo, step_dpo_examples
-
     p = ctx.params
     pairs = preference_pairs(ctx)
     tokenizer = _tokenizer(ctx)
@@ -227,9 +174,6 @@ def dpo_stage(ctx: Context) -> dict:
 def carry_over(model_dir: Path, out_dir: Path) -> Path:
     """No preference pairs at all (every search unfinished or every score tied): M_{k+1} is M_k,
     copied with a manifest that says so, and the study goes on rather than stopping."""
-    import shutil
-
-    from psr import lineage
 
     inputs = {"parent": lineage.model_identity(model_dir), "pairs": 0}
     if lineage.is_complete(out_dir, inputs):
@@ -246,12 +190,8 @@ def carry_over(model_dir: Path, out_dir: Path) -> Path:
 
 
 def benchmark_items(ctx: Context, name: str):
-    from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
-
     p = ctx.params
     if name == "synthetic":
-        from psr.records import Problem
-
         items = [BenchmarkItem(id=x.id, question=x.question, gold=x.gold)
                  for x in load_records(ctx.layout.data_dir, "test", Problem)]
         return items[: p.eval.limit] if p.eval.limit else items
@@ -263,8 +203,6 @@ def benchmark_items(ctx: Context, name: str):
 
 def evaluate_stage(ctx: Context) -> dict:
     """Greedy accuracy of M_k per benchmark, with step statistics."""
-    from psr.evaluate import evaluate
-
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
     generator, tokenizer = generator_for(ctx)
@@ -283,16 +221,12 @@ def evaluate_stage(ctx: Context) -> dict:
 
 
 def eft_examples(ctx: Context, n: int = 3) -> list:
-    from psr.records import EFTRecord, SRLMEFTRecord
-
     name, rtype = ("eft", EFTRecord) if ctx.arm == "psrlm" else ("srlm_eft", SRLMEFTRecord)
     return load_records(ctx.layout.data_dir, name, rtype)[:n]
 
 
 def sample_solutions(ctx: Context, n: int = 3) -> list[dict]:
     """Greedy solutions of M_k for the first n test questions (a look at what the model writes)."""
-    from psr.prompts import chat_prompt
-
     items = benchmark_items(ctx, ctx.params.eval.benchmarks[0])[:n]
     generator, tokenizer = generator_for(ctx)
     prompts = [chat_prompt(tokenizer, ctx.templates.reasoning_prompt(it.question)) for it in items]

@@ -1,86 +1,21 @@
-"""The sampling engine: many prompts at once, `n` samples each, with a per-row stop at the step
-boundary. The search (strategy) and the judge (scorer) only see the `Generator` protocol, so a
-test can plug in a scripted generator and a GPU run can plug in vLLM.
+"""Hugging Face `generate` as the engine: many prompts at once, `n` samples each, with a per-row
+stop at the step boundary.
 
-`HFGenerator` wraps Hugging Face `generate` (left padding, KV cache, chunks bounded by
-`max_tokens_per_batch`), plus shared-prefix prefill and a static KV cache (see its docstring).
-Its stop check is hand-written rather than transformers' `StopStringCriteria` because that one
-looks at the tail of the *whole* sequence, prompt included: a step prompt ends in "\\n", so a
-model writing "Step 3: " would match "\\nStep " across the prompt/completion boundary and stop
-after two tokens. Ours only looks at generated tokens."""
+Left padding, KV cache, chunks bounded by `max_tokens_per_batch`, plus shared-prefix prefill and a
+static KV cache (see `HFGenerator`). The stop check is hand-written rather than transformers'
+`StopStringCriteria` because that one looks at the tail of the *whole* sequence, prompt included:
+a step prompt ends in "\\n", so a model writing "Step 3: " would match "\\nStep " across the
+prompt/completion boundary and stop after two tokens. Ours only looks at generated tokens."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Protocol
 
 import torch
 
-from psr.cascade import decode, supports_cascade
-
-FinishReason = Literal["stop", "eos", "length"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One completion: text without the stop string, tokens generated (stop/EOS token included),
-    and why it ended ("stop": the stop string, "eos": end of sequence, "length": the token cap)."""
-
-    text: str
-    n_tokens: int
-    finish_reason: FinishReason
-
-
-class Generator(Protocol):
-    """The engine interface: `n` samples for every prompt, in prompt order. `temperature == 0`
-    means greedy. Sample j of a prompt depends only on (that prompt's seed, the prompt, j), where
-    a prompt's seed is `seeds[i]` when given, else `seed`: never on what else is in the batch, so
-    a resumed run (with other batch companions) draws the same samples as an uninterrupted one."""
-
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        stop: str | None,
-        seed: int,
-        seeds: list[int] | None = None,
-    ) -> list[list[Sample]]: ...
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (Python's `hash` is salted per process)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def check_request(prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
-    """Bad arguments fail before any compute, with the argument named."""
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a list of strings")
-    if n < 1:
-        raise ValueError(f"n must be >= 1 (got {n})")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (got {temperature})")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (got {top_p})")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
-
-
-def cut_at_stop(text: str, stop: str | None) -> tuple[str, bool]:
-    """The text before the first stop string, and whether there was one."""
-    if stop:
-        at = text.find(stop)
-        if at >= 0:
-            return text[:at], True
-    return text, False
+from psr.engines.base import FinishReason, Sample, check_request, cut_at_stop, derive_seed
+from psr.engines.cascade import decode, supports_cascade
 
 
 class _StopAfterPrompt:
@@ -223,7 +158,7 @@ class HFGenerator:
         # Both speed-ups need a plain full-attention KV cache (no sliding windows or hybrid layers).
         self.static_cache = static_cache and _has_plain_static_cache(model)
         self.share_prefixes = share_prefixes and self.static_cache
-        # shared prefixes stored once, not copied per row (psr.cascade), where the model allows
+        # shared prefixes stored once, not copied per row (psr.engines.cascade), where the model allows
         self.cascade = self.share_prefixes and cascade and supports_cascade(model)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -377,7 +312,7 @@ class HFGenerator:
         max_new_tokens: int,
         stop: str | None,
     ) -> list[Sample]:
-        """The chunk decoded by `psr.cascade.decode` (each group's prefix stored once)."""
+        """The chunk decoded by `psr.engines.cascade.decode` (each group's prefix stored once)."""
         prefixes, rests, row_group = [], [], []
         for g in groups:
             prefixes.append(encoded[g.rows[0]][: g.prefix])
@@ -461,92 +396,3 @@ def _has_plain_static_cache(model) -> bool:
     except Exception:  # an architecture without a standard cache: fall back to plain generate
         return False
 
-
-class VLLMGenerator:
-    """The same interface on vLLM (GPU), imported only when constructed so this module loads
-    without vLLM. Each prompt gets its own seed (from its seed and its text), so results do
-    not depend on how vLLM schedules the batch. `adapter_dir`: a PEFT LoRA served via LoRARequest."""
-
-    def __init__(self, model_path: str | Path, adapter_dir: str | Path | None = None, **llm_kwargs):
-        try:
-            from vllm import LLM
-        except ImportError as e:  # pragma: no cover - vllm is optional
-            raise ImportError("VLLMGenerator needs vllm (GPU only); use HFGenerator instead") from e
-        self.adapter_dir = str(adapter_dir) if adapter_dir else None
-        if self.adapter_dir:
-            llm_kwargs.setdefault("enable_lora", True)
-        self.llm = LLM(model=str(model_path), **llm_kwargs)
-
-    @classmethod
-    def from_model_dir(cls, model_dir: str | Path, params) -> "VLLMGenerator":  # pragma: no cover - GPU
-        """M_k from a model folder: a full model, or a PEFT adapter folder served as base + LoRA
-        (the base is named in its adapter_config.json). `params` is the whole `Params`."""
-        import json
-
-        from psr.models import is_adapter_dir
-
-        kwargs = dict(
-            dtype=params.model.dtype,
-            trust_remote_code=params.model.trust_remote_code,
-            tensor_parallel_size=params.search.tensor_parallel_size,
-            seed=0,
-        )
-        if is_adapter_dir(model_dir):
-            config = json.loads((Path(model_dir) / "adapter_config.json").read_text())
-            rank = int(config.get("r", params.model.lora.r))
-            kwargs["max_lora_rank"] = 1 << max(3, (rank - 1).bit_length())  # vLLM wants 8, 16, 32, ...
-            return cls(config["base_model_name_or_path"], adapter_dir=model_dir, tokenizer=str(model_dir), **kwargs)
-        return cls(model_dir, **kwargs)
-
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        stop: str | None,
-        seed: int,
-        seeds: list[int] | None = None,
-    ) -> list[list[Sample]]:  # pragma: no cover - needs a GPU and vllm
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        check_request(prompts, n, temperature, top_p, max_new_tokens)
-        if not prompts:
-            return []
-        params = [
-            SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                max_tokens=max_new_tokens,
-                stop=[stop] if stop else None,
-                seed=derive_seed(seeds[i] if seeds is not None else seed, prompts[i]),
-            )
-            for i in range(len(prompts))
-        ]
-        lora = LoRARequest("adapter", 1, self.adapter_dir) if self.adapter_dir else None
-        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        results = []
-        for out in outputs:
-            row = []
-            for c in out.outputs:
-                if c.finish_reason == "length":
-                    reason: FinishReason = "length"
-                else:  # vLLM says "stop" for both; stop_reason is None for EOS
-                    reason = "eos" if c.stop_reason is None else "stop"
-                row.append(Sample(c.text, len(c.token_ids), reason))
-            results.append(row)
-        return results
-
-
-def make_generator(backend: str, model, tokenizer, max_tokens_per_batch: int) -> Generator:
-    """The engine a preset names (`search.backend`): "hf" wraps a loaded model; "vllm" takes a
-    model path (str) in place of the model."""
-    if backend == "hf":
-        return HFGenerator(model, tokenizer, max_tokens_per_batch)
-    if backend == "vllm":
-        return VLLMGenerator(model)
-    raise ValueError(f"unknown generation backend {backend!r} (expected 'hf' or 'vllm')")

@@ -1,0 +1,47 @@
+"""What a notebook works with: the run's params, its layout and which (seed, arm, M_k) it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psr.config import Params, load
+from psr.io import read_json
+from psr.models import set_threads
+from psr.prompts import Templates
+from psr.study.layout import Layout, layout_for
+
+
+@dataclass
+class Context:
+    """What a notebook needs: the validated params and where its files go."""
+
+    params: Params
+    layout: Layout
+    arm: str
+    k: int
+    seed: int
+
+    @classmethod
+    def create(cls, params_path: str, overrides: list[str] | None, seed: int, arm: str, k: int) -> "Context":
+        params = load(params_path, list(overrides or []))
+        set_threads(params.run.torch_threads)
+        return cls(params=params, layout=layout_for(params, seed), arm=arm, k=k, seed=seed)
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.layout.stage_dir(self.arm, self.k, stage)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def model_dir(self) -> Path:
+        return self.layout.model_dir(self.arm, self.k)
+
+    @property
+    def templates(self) -> Templates:
+        return Templates.for_params(self.params)
+
+
+def load_json_if(path: Path) -> Any:
+    return read_json(path) if path.exists() else None

@@ -1,0 +1,70 @@
+"""Stage keys: what a stage's result depends on, so a re-run skips finished stages and resumes
+an interrupted one.
+
+A key hashes the stage's name, seed, arm, k, the params sections it reads and the key of the stage
+that made its input model. A stage is skipped when its done-marker holds the same key; otherwise
+it runs, keeping its partial files only when they were made for the same key. Markers are written
+last and atomically, so a `kill -9` never leaves a stage that looks done but is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from psr.config import Params
+from psr.io import read_json
+from psr.study.layout import Layout
+
+# the params sections each stage reads
+STAGES = {
+    "01_warmup_sft": ("task", "model", "prompts", "warmup"),
+    "02_step_search": ("task", "search", "judge", "srlm"),
+    "03_judging": ("judge", "eval"),
+    "04_step_dpo": ("dpo",),
+    "05_evaluate": ("eval",),
+}
+
+
+
+def stage_key(params: Params, seed: int, arm: str, stage: str, k: int) -> str:
+    """Hash of what a stage's result depends on (see module docstring)."""
+    upstream = model_key(params, seed, arm, k) if stage != "01_warmup_sft" else ""
+    if stage == "04_step_dpo":
+        upstream += stage_key(params, seed, arm, "02_step_search", k)
+    sections = STAGES[stage]
+    payload = json.dumps(
+        [stage, seed, arm, k, params.digest(*sections), upstream, params.run.iterations if stage == "02_step_search" else 0],
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def model_key(params: Params, seed: int, arm: str, k: int) -> str:
+    if k == 1:
+        return stage_key(params, seed, arm, "01_warmup_sft", 1)
+    return stage_key(params, seed, arm, "04_step_dpo", k - 1)
+
+
+def is_done(params: Params, layout: Layout, arm: str, stage: str, k: int) -> bool:
+    marker = layout.marker_path(arm, k, stage)
+    if not marker.exists():
+        return False
+    try:
+        return read_json(marker).get("key") == stage_key(params, layout.seed, arm, stage, k)
+    except ValueError:
+        return False
+
+
+
+def reset_if_stale(stage_dir: Path, key: str) -> None:
+    """Keep a stage's partial files only if they were made for this very key (resume); else wipe."""
+    key_file = stage_dir / ".key"
+    if stage_dir.exists() and (not key_file.exists() or key_file.read_text().strip() != key):
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        key_file.write_text(key)
+

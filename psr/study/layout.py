@@ -1,0 +1,47 @@
+"""Where a run's files live: results/<run>/[seed<s>/]<arm>/M<k>/<stage>/ (see README)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from psr.config import Params
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run's files live. One seed: results/<run>/<arm>/M<k>/...; several seeds get a
+    seed<s>/ level between the run folder and the arm."""
+
+    root: Path
+    seed: int
+    multi_seed: bool = False
+
+    @property
+    def seed_dir(self) -> Path:
+        return self.root / f"seed{self.seed}" if self.multi_seed else self.root
+
+    @property
+    def data_dir(self) -> Path:
+        return self.seed_dir / "data"
+
+    def model_dir(self, arm: str, k: int) -> Path:
+        return self.seed_dir / arm / f"M{k}" / "model"
+
+    def stage_dir(self, arm: str, k: int, stage: str) -> Path:
+        return self.seed_dir / arm / f"M{k}" / stage
+
+    def notebook_path(self, arm: str, k: int, stage: str) -> Path:
+        return self.seed_dir / arm / f"M{k}" / f"{stage}.ipynb"
+
+    def marker_path(self, arm: str, k: int, stage: str) -> Path:
+        return self.seed_dir / arm / f"M{k}" / f".{stage}.done.json"
+
+
+def run_root(params: Params) -> Path:
+    return Path(params.run.results_dir) / params.run.name
+
+
+def layout_for(params: Params, seed: int) -> Layout:
+    return Layout(run_root(params), seed, multi_seed=len(params.run.seeds) > 1)
+

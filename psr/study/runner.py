@@ -1,0 +1,105 @@
+"""`psr run`: the numbered notebooks executed with papermill over the study's dependency graph,
+`run.workers` at a time, resumably (see `psr.study.graph` and `psr.study.keys`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from psr.config import Params, load
+from psr.io import write_json
+from psr.study.data import prepare_data
+from psr.study.graph import Task, remaining_path, run_graph, study_graph
+from psr.study.keys import STAGES, is_done, reset_if_stale, stage_key
+from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
+from psr.study.layout import layout_for, run_root
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks"
+
+# Stages that may take every core when nothing else runs (a 1-thread preset's only stage on a
+# multi-core machine). Generation only: its samples are the same bit for bit with any number of
+# threads (tests/test_generation.py checks it); training's float sums are not, and a stage's
+# result must not depend on what happened to run beside it.
+SPREADS = ("02_step_search", "03_judging", "05_evaluate")
+
+
+
+Execute = Callable[[Path, Path, dict, Callable[[str], None], str, float], None]
+"""(notebook, executed notebook, parameters, log, tag, run start) -> None; raises StageFailed."""
+
+
+def run(params_path: str | Path, overrides: list[str] | None = None, log=print) -> Path:
+    """Execute the whole study; returns the path of metrics.json."""
+    overrides = list(overrides or [])
+    params = load(params_path, overrides)  # fails before any compute or write
+    lock = threading.Lock()
+    raw_log = log
+
+    def log(msg: str) -> None:  # stages log from threads: one whole line at a time
+        with lock:
+            raw_log(msg)
+
+    root = run_root(params)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "params.json", {"source": str(params_path), "overrides": overrides, "params": params.to_dict()})
+    start = time.perf_counter()
+    log(f"psr run {params_path} -> {root}  (arms: {', '.join(params.run.arms)}; seeds: {list(params.run.seeds)}; "
+        f"M1 -> M{params.run.iterations + 1})")
+    for seed in params.run.seeds:
+        prepare_data(params, layout_for(params, seed), log=log)
+    kernels = WarmKernels()
+    execute = functools.partial(execute_notebook, kernels=kernels)
+    try:
+        run_stages(str(params_path), overrides, params, log=log, start=start, execute=execute)
+        report_nb = root / "06_report.ipynb"
+        execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(params_path), "overrides": overrides},
+                log, "06_report", start)
+    finally:
+        kernels.shutdown()
+    log(f"done in {time.perf_counter() - start:.0f}s: {root / 'metrics.json'}")
+    return root / "metrics.json"
+
+
+def run_stages(params_path: str, overrides: list[str], params: Params, *, log: Callable[[str], None],
+               start: float | None = None, execute: Execute | None = None) -> None:
+    """Every stage of every chain (all but 06_report), `run.workers` at a time, longest remaining
+    path first; done ones are skipped. `execute` runs one notebook (default: papermill; tests pass
+    a fake). `log` must be safe to call from several threads."""
+    execute = execute or execute_notebook
+    start = time.perf_counter() if start is None else start
+    graph = study_graph(params)
+    path_left = remaining_path(graph)
+    chain = {(s, a): i for i, (s, a) in enumerate((s, a) for s in params.run.seeds for a in params.run.arms)}
+    multi_seed = len(params.run.seeds) > 1
+
+    def run_one(task: Task, alone: bool) -> None:
+        seed, arm, stage, k = task.seed, task.arm, task.stage, task.k
+        layout = layout_for(params, seed)
+        tag = f"[seed {seed} {arm}] {stage} M{k}" if multi_seed else f"[{arm}] {stage} M{k}"
+        if is_done(params, layout, arm, stage, k):
+            log(f"{tag}: done already, skipped")
+            return
+        key = stage_key(params, seed, arm, stage, k)
+        reset_if_stale(layout.stage_dir(arm, k, stage), key)
+        t0 = time.perf_counter()
+        stage_overrides = list(overrides)
+        threads = os.cpu_count() or 1
+        if alone and stage in SPREADS and params.run.torch_threads and threads > params.run.torch_threads:
+            stage_overrides.append(f"run.torch_threads={threads}")  # not part of any stage key
+            tag += f" ({threads} threads)"
+        execute(
+            NOTEBOOK_DIR / f"{stage}.ipynb",
+            layout.notebook_path(arm, k, stage),
+            {"params_path": params_path, "overrides": stage_overrides, "seed": seed, "arm": arm, "k": k},
+            log, tag, start,
+        )
+        wall = time.perf_counter() - t0
+        write_json(layout.marker_path(arm, k, stage), {"key": key, "wall_s": round(wall, 2), "stage": stage, "k": k})
+
+    run_graph(graph, run_one, params.run.workers, tell_alone=True,
+              order=lambda t: (-path_left[t], t.k, chain[(t.seed, t.arm)], list(STAGES).index(t.stage)))
+
