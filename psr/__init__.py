@@ -1,6 +1,7 @@
 """psr: Process-based Self-Rewarding Language Models, as a small typed library.
 
-One module per concept (see ../shared/design.md in the team's notes, mirrored in README).
+The paper's concepts live in this package's modules; the study runner in `psr.study`, the
+generation engines in `psr.engines`, the tools in `psr.tools` (see ARCHITECTURE.md).
 """
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ TINY_CHAT_TEMPLATE = (
 
 
 def set_threads(n: int) -> None:
-    """One torch thread per process on a shared CPU (6-70x faster here than oversubscription)."""
+    """One torch thread per process on a shared CPU: oversubscribed cores slow every process down."""
     if n > 0:
         torch.set_num_threads(n)
 

@@ -13,11 +13,10 @@ its own suffix, and merged exactly with the log-sum-exp rule (the same result as
 the concatenation, up to float rounding). The suffix is read only as far as it is filled, and
 rows that finished are dropped from the batch.
 
-Measured on the 2-core CPU (a round of 1920 judge prompts): decoding is bound by reading each
-row's suffix (memory bandwidth), prefill by the linear layers. Prefilling in pieces of ~4k
-tokens and then decoding every row in one batch took a round from ~13 s to ~8 s. A second
-prefix level (the question once, then each slot-A candidate) saved a third of the prefix
-prefill but cost as much in extra attention merges, so it is not used.
+Prompts are prefilled in pieces, then every row of a call decodes in one batch (a big batch
+amortises each step's fixed cost). One prefix level per group: a second level (the question,
+then each slot-A candidate) cost as much in attention merges as it saved in prefill (README,
+Benchmarks).
 
 The model itself is unchanged: `_CascadeCache` is handed to `model(...)` as `past_key_values`
 and the model's attention modules call our attention function through a registered

@@ -143,8 +143,8 @@ def format_table(reports: Sequence[GradingReport]) -> str:
 
 
 def default_benchmark_dir() -> Path:
-    """``$PSR_BENCHMARK_DIR``, else ``../shared/benchmarks`` (the team's shared folder)."""
-    return Path(os.environ.get("PSR_BENCHMARK_DIR", "../shared/benchmarks"))
+    """``$PSR_BENCHMARK_DIR`` (the Qwen2.5-Math evaluation layout; `--benchmark-dir` overrides it)."""
+    return Path(os.environ.get("PSR_BENCHMARK_DIR", "benchmarks"))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
