@@ -1,4 +1,4 @@
-"""Training under `accelerate launch` (psr.launch): world-size-aware gradient accumulation, the
+"""Training under `accelerate launch` (psr.train.launch): world-size-aware gradient accumulation, the
 launch command, failures before and after launching, and a real 2-process CPU run (MULTI_CPU,
 gloo) of warm-up SFT (full weights) and step-DPO (LoRA merged by rank 0). DeepSpeed is not
 installed here: only its absence is checked (a clear error, nothing imported)."""
@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from psr import config, lineage
 from psr.tools.bench_train import tiny_records
-from psr.launch import JOB_DIR, LaunchConfig, LaunchError, LaunchFailed, log_path_for, params_from_dict
 from psr.models import load_policy, train_tokenizer
 from psr.prompts import Templates
 from psr.train import gradient_accumulation, sft_examples, sft_inputs, step_dpo, step_dpo_examples, warmup_sft
+from psr.train.launch import JOB_DIR, LaunchConfig, LaunchError, LaunchFailed, log_path_for
+from psr.train.worker import params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -119,7 +120,7 @@ def test_launch_command(tmp_path):
     assert cmd[:5] == [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file"]
     # accelerate alone would start one MULTI_CPU process without mpirun: torchrun + gloo instead
     assert "--multi_gpu" in cmd and env["ACCELERATE_USE_CPU"] == "true"
-    assert cmd[-3:] == ["-m", "psr.launch", str(tmp_path / "job.json")]
+    assert cmd[-3:] == ["-m", "psr.train.worker", str(tmp_path / "job.json")]
     assert cmd[cmd.index("--main_process_port") + 1] == "0"
     zero3 = LaunchConfig.read(ROOT / "params" / "accelerate" / "zero3.yaml")
     cmd, env = zero3.command(tmp_path / "job.json")
@@ -133,7 +134,7 @@ def test_params_round_trip_through_the_job():
 
 
 def test_non_divisible_batch_fails_before_launching(data, tmp_path, monkeypatch):
-    monkeypatch.setattr("psr.launch.subprocess.Popen", _NoLaunch)
+    monkeypatch.setattr("psr.train.launch.subprocess.Popen", _NoLaunch)
     params = _params(_accelerate_file(tmp_path), **{"warmup.batch_size": 6})  # 6 % (2 x 2 processes)
     with pytest.raises(ValueError, match=r"warmup\.batch_size=6 is not divisible by warmup\.per_device_batch_size=2 x 2 processes = 4"):
         warmup_sft(params, data.sft, tmp_path / "m1", tokenizer=data.tok, seed=0)
@@ -144,7 +145,7 @@ def test_non_divisible_batch_fails_before_launching(data, tmp_path, monkeypatch)
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
 def test_deepspeed_config_without_deepspeed_is_a_clear_error(data, tmp_path, monkeypatch):
-    monkeypatch.setattr("psr.launch.subprocess.Popen", _NoLaunch)
+    monkeypatch.setattr("psr.train.launch.subprocess.Popen", _NoLaunch)
     params = config.load(ROOT / "params" / "qwen2.5-math-72b.yaml")
     with pytest.raises(LaunchError, match="uses DeepSpeed, which is not installed"):
         step_dpo(params, tmp_path / "m1", data.dpo, tmp_path / "m2")
@@ -190,8 +191,9 @@ def test_warmup_sft_on_two_processes(launched, data, monkeypatch):
     assert not (m1 / JOB_DIR).exists() and not (m1 / "training_args.bin").exists() and not _leftovers(launched.work)
     log = log_path_for(m1).read_text()
     assert "--multi_gpu" in log and "[rank 0/2] warmup_sft done" in log and "[rank 1/2] warmup_sft done" in log
+    assert "found in sys.modules" not in log  # runpy ran the worker module once, not a second copy
     # finished: a second call returns without starting any process
-    monkeypatch.setattr("psr.launch.subprocess.Popen", _NoLaunch)
+    monkeypatch.setattr("psr.train.launch.subprocess.Popen", _NoLaunch)
     assert warmup_sft(launched.params, data.sft, m1, tokenizer=data.tok, seed=0) == m1
 
 

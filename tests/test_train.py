@@ -22,12 +22,10 @@ from psr.models import build_tiny_model, load_policy, train_tokenizer
 from psr.prompts import Templates, chat_prompt, parse_verdict
 from psr.records import PPDPair, SolutionPair, SRLMEFTRecord
 from psr.train import (
-    _causal_mask_when_right_padded,
     boundary_merges,
     build_dpo_trainer,
     build_sft_trainer,
     dpo_inputs,
-    right_padded,
     sft_examples,
     sft_inputs,
     solution_dpo_examples,
@@ -35,7 +33,9 @@ from psr.train import (
     step_dpo,
     step_dpo_examples,
     warmup_sft,
+    warmup_steps,
 )
+from psr.train.trainers import causal_mask_when_right_padded, right_padded
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -294,14 +294,14 @@ def test_sft_step_matches_trl_and_skips_the_unlabelled_positions(data, tokenizer
 
     # the mask is dropped only in training and only when it is right padding
     ids, left = batch["input_ids"][:, :4], torch.tensor([[0, 1, 1, 1]] * len(mask))
-    with torch.no_grad(), _causal_mask_when_right_padded(model):
+    with torch.no_grad(), causal_mask_when_right_padded(model):
         model(input_ids=ids, attention_mask=left)  # left padding, as generation pads
         model.eval()
         model(input_ids=ids, attention_mask=mask[:, :4])
     assert backbone_masks[-2] is not None and backbone_masks[-1] is not None
     with torch.no_grad():
         model.train()
-        with _causal_mask_when_right_padded(model):
+        with causal_mask_when_right_padded(model):
             model(input_ids=ids, attention_mask=mask[:, :4])
         assert backbone_masks[-1] is None
         model(input_ids=ids, attention_mask=mask[:, :4])  # the hook is gone after the block
@@ -474,8 +474,6 @@ def _load_tok(path, params):
 def test_a_one_step_dpo_changes_the_model(m1, data):
     """A short run's warm-up rounds down: its only step must not train at lr 0 (it did: M2 = M1)."""
     from safetensors.torch import load_file
-
-    from psr.train import warmup_steps
 
     assert warmup_steps(0.1, 1) == 0 and warmup_steps(0.1, 20) == 2 and warmup_steps(0.0, 5) == 0
     examples = step_dpo_examples(data.ppd, data.templates, m1.tok)

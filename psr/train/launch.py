@@ -5,51 +5,48 @@ Parent side (`LaunchConfig.run`, called by `psr.train.warmup_sft`/`step_dpo` ins
 folder they made): the job — params, examples, model paths, seed, the manifest inputs — goes to
 JSON files in `<staging>/.launch/`, then
 
-    python -m accelerate.commands.accelerate_cli launch --config_file <file> -m psr.launch <job.json>
+    python -m accelerate.commands.accelerate_cli launch --config_file <file> -m psr.train.worker <job.json>
 
 runs in a subprocess (its own session, stopped with the parent on an error or interrupt). Its
 output streams to this process's stdout and to `<out_dir>.launch.log` beside the model folder;
 a non-zero exit raises `LaunchFailed` with the last lines and the log's path. The caller then
 publishes the staging folder once, after every process has exited.
 
-Worker side (`main`, `python -m psr.launch job.json`): each process checks that accelerate sees
-the world size the job was planned for and runs `psr.train.run_sft`/`run_dpo`, which make the
-effective batch per_device x accumulation x processes, let every process save (ZeRO-3 gathers
-there), and leave the LoRA merge and the manifest to rank 0 after `wait_for_everyone`.
+Worker side: `psr.train.worker`, one per process.
 
 accelerate's launcher starts a `MULTI_CPU` config's processes only through mpirun (a hostfile);
 on one machine without one it starts a single process, which would silently train alone. Such a
 config is therefore started with accelerate's torchrun launcher (`--multi_gpu`, i.e.
 torch.distributed.run) and ACCELERATE_USE_CPU=true, which makes each process a gloo CPU rank.
 
-Tested here (CPU, tests/test_launch.py): 2 CPU processes (MULTI_CPU) for warm-up SFT (full
-weights) and step-DPO (LoRA, merged by rank 0), effective batch and manifest, failures. Not
-tested: DeepSpeed (not installed on the CPU machine; nothing here imports it unless the config's
-distributed_type is DEEPSPEED, and then only accelerate and transformers do), GPUs, several
-machines, QLoRA across processes.
+Tested (CPU, tests/test_launch.py): 2 CPU processes (MULTI_CPU) for warm-up SFT (full weights)
+and step-DPO (LoRA, merged by rank 0). Not tested: DeepSpeed (nothing here imports it unless the
+config's distributed_type is DEEPSPEED, and then only accelerate and transformers do), GPUs,
+several machines, QLoRA across processes.
 """
 
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import importlib.util
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from accelerate.commands.config.config_args import load_config_from_file
+
 from psr.config import Params, accelerate_config_path
+from psr.io import write_json, write_jsonl
+from psr.train.args import gradient_accumulation
 
 JOB_DIR = ".launch"  # inside the staging folder; removed before it is published
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]  # the folder that holds the `psr` package
 # accelerate starts these with torch.distributed.run, which takes `--main_process_port 0` (a free port)
 _TORCHRUN_TYPES = {"MULTI_GPU", "DEEPSPEED", "FSDP"}
 
@@ -88,8 +85,6 @@ class LaunchConfig:
 
     @classmethod
     def read(cls, path: str | Path) -> "LaunchConfig":
-        from accelerate.commands.config.config_args import load_config_from_file
-
         path = Path(path)
         if not path.is_file():
             raise LaunchError(f"accelerate config {path}: file not found")
@@ -125,8 +120,6 @@ class LaunchConfig:
 
     def check(self, params: Params, stage: str, callbacks: Sequence | None = None) -> int:
         """Everything that can fail before a process starts; returns the gradient accumulation."""
-        from psr.train import gradient_accumulation
-
         if callbacks:
             raise LaunchError(f"{stage}: callbacks cannot be passed to launched processes (run.accelerate_config is set)")
         if self.distributed_type == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
@@ -153,7 +146,7 @@ class LaunchConfig:
         torchrun = self.local_multi_cpu or self.distributed_type in _TORCHRUN_TYPES
         if torchrun and self.num_machines == 1 and self.main_process_port is None:
             cmd += ["--main_process_port", "0"]  # a free port: two runs on one machine do not collide
-        cmd += ["-m", "psr.launch", str(job_path)]
+        cmd += ["-m", "psr.train.worker", str(job_path)]
         return cmd, env
 
     def run(
@@ -173,8 +166,6 @@ class LaunchConfig:
     ) -> None:
         """Train `stage` into `work` (the staging folder of `out_dir`) under `accelerate launch`;
         returns when every process has exited and rank 0 has written the manifest."""
-        from psr.io import write_json, write_jsonl
-
         if stage not in ("warmup_sft", "step_dpo"):
             raise LaunchError(f"unknown training stage {stage!r}")
         accumulation = self.check(params, stage)
@@ -277,56 +268,3 @@ def _first_error(text: str) -> str:
 def _tail(text: str, n: int = 15) -> str:
     lines = [line for line in text.replace("\r", "\n").split("\n") if line.strip()]
     return "\n".join(lines[-n:])
-
-
-# ----------------------------------------------------------------------------- worker
-
-
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """`Params.to_dict()` back to validated Params (the same digest, so the same manifest inputs)."""
-    raw = dict(raw)
-    source = raw.pop("source", "")
-    return dataclasses.replace(Params().replace(raw), source=source)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """One launched process: `python -m psr.launch <job.json>` (started by `accelerate launch`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print("usage: accelerate launch --config_file <file> -m psr.launch <job.json>", file=sys.stderr)
-        return 2
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.num_processes != job["world_size"]:
-        raise RuntimeError(
-            f"accelerate started {state.num_processes} processes ({state.distributed_type}), the job was planned "
-            f"for {job['world_size']} (num_processes of the accelerate config); gradient accumulation depends on it"
-        )
-    from psr import train
-    from psr.io import read_jsonl
-
-    params = params_from_dict(job["params"])
-    examples = read_jsonl(job["examples"])
-    t0 = time.perf_counter()
-    common = dict(inputs=job["inputs"], seed=job["seed"], world_size=state.num_processes)
-    if job["stage"] == "warmup_sft":
-        tokenizer = None
-        if job["tokenizer"]:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"])
-        train.run_sft(params, examples, job["work"], base=job["base"], tokenizer=tokenizer, **common)
-    elif job["stage"] == "step_dpo":
-        train.run_dpo(params, job["model_dir"], examples, job["work"], ref_dir=job["ref_dir"], **common)
-    else:
-        raise ValueError(f"unknown stage {job['stage']!r} in {argv[0]}")
-    print(f"[rank {state.process_index}/{state.num_processes}] {job['stage']} done in {time.perf_counter() - t0:.1f}s",
-          flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
