@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from types import ModuleType
 
 from psr.config import ConfigError, load
-from psr.models import SMOL_NAME
-from psr.study.kernels import StageFailed
-from psr.study.runner import run
-from psr.tools import bench, gpu_check, smol
+
+
+def command(name: str) -> ModuleType:
+    """The module behind a subcommand, imported when that subcommand runs: the tools import TRL,
+    the runner papermill, so importing them all up front would make `psr --help` or a config error
+    take ~10 s. The CLI sits above every part of the package, so this cannot hide a cycle."""
+    return importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
-        return gpu_check.main(argv[1:])
+        return command("psr.tools.gpu_check").main(argv[1:])
     parser = argparse.ArgumentParser(prog="psr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the whole study (papermill executes the notebooks in order)")
@@ -31,22 +36,28 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         try:
-            if load(args.params, args.param).model.name_or_path == SMOL_NAME:
-                print(f"psr: model 'smol': {smol.ensure_smol()}", flush=True)
-            run(args.params, args.param, log=lambda msg: print(msg, flush=True))
+            params = load(args.params, args.param)  # a bad preset fails here, before anything is imported
         except ConfigError as e:
             print(f"psr: {e}", file=sys.stderr)
             return 2
-        except StageFailed as e:
+        smol, runner, kernels = (command(f"psr.{m}") for m in ("tools.smol", "study.runner", "study.kernels"))
+        try:
+            if params.model.name_or_path == smol.NAME:
+                print(f"psr: model 'smol': {smol.ensure_smol()}", flush=True)
+            runner.run(args.params, args.param, log=lambda msg: print(msg, flush=True))
+        except ConfigError as e:
+            print(f"psr: {e}", file=sys.stderr)
+            return 2
+        except kernels.StageFailed as e:
             print(f"psr: {e}", file=sys.stderr)
             return 1
         return 0
     if args.command == "smol":
-        print(smol.ensure_smol())
+        print(command("psr.tools.smol").ensure_smol())
         return 0
     if args.command == "gpu-check":
-        return gpu_check.main(args.rest)
-    return bench.main(args.rest)
+        return command("psr.tools.gpu_check").main(args.rest)
+    return command("psr.tools.bench").main(args.rest)
 
 
 if __name__ == "__main__":
