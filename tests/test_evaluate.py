@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from psr.config import PromptParams
 from psr.evaluate import evaluate, step_stats
+from psr.io import read_jsonl
 from psr.engines import Sample
 from psr.models import train_tokenizer
 from psr.policy import Policy
@@ -55,7 +54,7 @@ def run(tmp_path, tok, gen, batch_size=3, **kw):
 def test_writes_per_sample_records_and_the_table(tmp_path, tok):
     summary = run(tmp_path, tok, ScriptedSolver())
     assert summary.n == 10 and summary.accuracy == 50.0 and summary.mean_steps == 2.0
-    rows = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "toy.jsonl")
     assert {r["id"] for r in rows} == {it.id for it in ITEMS}
     first = next(r for r in rows if r["id"] == "q0")
     assert first["extracted"] == "1" and first["gold"] == "1" and first["correct"] is True

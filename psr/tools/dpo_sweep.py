@@ -116,7 +116,7 @@ def seed0_questions() -> dict[str, set[str]]:
     data = RUN / "data"
     out = {}
     for path in sorted(data.glob("*.jsonl")):
-        out[path.stem] = {json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()}
+        out[path.stem] = {row["question"] for row in read_jsonl(path)}
     return out
 
 
