@@ -38,8 +38,8 @@ from psr.models import build_tiny_model, train_tokenizer
 from psr.models import load_policy
 from psr.models import set_threads
 from psr.search import step_search
+from psr.tasks.data import corpus
 from psr.tasks.synthetic import build_task
-from psr.tasks.synthetic import build_task, corpus
 
 
 def naive_search(
