@@ -1,6 +1,6 @@
 """The SRLM baseline's preference data (Yuan et al. 2024; paper §5.1): whole solutions scored 1-5
-by the model itself. It is the SRLM arm's counterpart of the PSRLM step search in the preference
-stage (stage id `02_step_search` for both arms).
+by the model itself. The preference stage makes preference data by step search for PSRLM and
+by this solution scoring for SRLM (its stage id, `02_step_search`, is shared by both arms).
 
 Per question: sample N solutions, have the same model score each one `n_score_repeats` times with
 the solution-scoring prompt (`Score: N`), average the parsed scores, and pair the best with the

@@ -29,6 +29,9 @@ from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
 SUMMARY = "summary.json"
+# The preference stage (step search for PSRLM, solution scoring for SRLM) kept the id it had
+# before the SRLM arm existed: folders, notebooks and resume markers are named by it.
+PREFERENCE_STAGE = "02_step_search"
 
 
 def _tokenizer(ctx: Context):
@@ -107,10 +110,10 @@ def pool(ctx: Context) -> list[Question]:
 
 
 def preference_stage(ctx: Context) -> dict:
-    """Preference data of M_k: the self-judged step search (PSRLM) or whole-solution
-    self-scoring (SRLM). Both arms keep the stage id `02_step_search`."""
+    """Preference data of M_k: step search for PSRLM (self-judged step pairs), solution scoring
+    for SRLM (self-scored whole solutions)."""
     p = ctx.params
-    d = ctx.stage_dir("02_step_search")
+    d = ctx.stage_dir(PREFERENCE_STAGE)
     policy = policy_for(ctx)
     questions = pool(ctx)
     if ctx.arm == "psrlm":
@@ -123,11 +126,12 @@ def preference_stage(ctx: Context) -> dict:
             questions, policy, p.srlm,
             iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
         )
-    return _save(ctx, "02_step_search", stats.to_dict())
+    return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
 def preference_pairs(ctx: Context) -> list:
-    d = ctx.layout.stage_dir(ctx.arm, ctx.k, "02_step_search")
+    """M_k's preference pairs: `PPDPair`s (PSRLM) or `SolutionPair`s (SRLM)."""
+    d = ctx.layout.stage_dir(ctx.arm, ctx.k, PREFERENCE_STAGE)
     if ctx.arm == "psrlm":
         return read_jsonl(d / "ppd.jsonl", PPDPair) if (d / "ppd.jsonl").exists() else []
     return load_pairs(d / "srlm.jsonl")
