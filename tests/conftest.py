@@ -27,7 +27,7 @@ EOS_MARK = "<eos>"  # a scripted policy ends a text with this to mean "the model
 
 
 class Crash(RuntimeError):
-    pass
+    """A simulated kill of the process in the middle of a run."""
 
 
 class ScriptedGenerator:
