@@ -10,13 +10,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
 from psr.grading import extract_answer, is_equiv
 from psr.io import append_jsonl, read_jsonl
-from psr.prompts import Templates, chat_prompt
+from psr.policy import Policy
 from psr.steps import StepFormatError, split_steps
 from psr.tasks.benchmarks import BenchmarkItem
 
@@ -63,9 +63,7 @@ def step_stats(output: str, tokenizer) -> tuple[int, float]:
 def evaluate(
     name: str,
     items: list[BenchmarkItem],
-    generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     *,
     max_new_tokens: int,
     out_path: str | Path,
@@ -73,23 +71,29 @@ def evaluate(
     answer_fallback: bool = False,
     grading_timeout_s: float = 3.0,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalSummary:
-    """Greedy-decode every item not yet in `out_path`, grade, append; then summarise the file."""
+    """Greedy-decode every item not yet in `out_path`, grade, append; then summarise the file.
+    `on_progress(done, total)`: called at the start (items already in the file count as done)
+    and after each batch."""
     out_path = Path(out_path)
     done = {s.id for s in _read(out_path)}
     todo = [it for it in items if it.id not in done]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"eval {name}", disable=not progress)
+    resumed = len(items) - len(todo)
+    if on_progress:
+        on_progress(resumed, len(items))
+    bar = tqdm(total=len(items), initial=resumed, desc=f"eval {name}", disable=not progress)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        prompts = [chat_prompt(tokenizer, templates.reasoning_prompt(it.question)) for it in chunk]
-        outs = generator.generate(
+        prompts = [policy.chat(policy.templates.reasoning_prompt(it.question)) for it in chunk]
+        outs = policy.generator.generate(
             prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, stop=None, seed=0
         )
         samples = []
         for it, (sample,) in zip(chunk, outs):
             extracted = extract_answer(sample.text, fallback=answer_fallback)
             correct = extracted is not None and is_equiv(extracted, it.gold, timeout=grading_timeout_s)
-            n_steps, mean_len = step_stats(sample.text, tokenizer)
+            n_steps, mean_len = step_stats(sample.text, policy.tokenizer)
             samples.append(
                 EvalSample(
                     id=it.id, question=it.question, output=sample.text, extracted=extracted, gold=it.gold,
@@ -99,6 +103,8 @@ def evaluate(
             )
         append_jsonl(out_path, samples)
         bar.update(len(chunk))
+        if on_progress:
+            on_progress(resumed + start + len(chunk), len(items))
     bar.close()
     wanted = {it.id for it in items}
     return summarise(name, [s for s in _read(out_path) if s.id in wanted])

@@ -1,7 +1,7 @@
 """Pairwise step judging (paper §3.3, Eq. 2): every candidate meets every other one twice, once in
 slot A and once in slot B, so w candidates need w·(w−1) judgments (30 for w=6). Both orders are
-what make the paper's rollback rule (max score == min score) reachable at all; see
-shared/paper-notes.md §4.
+what make the paper's rollback rule (max score == min score) reachable at all (a judge that
+always names one slot gives every candidate the same score).
 
 All comparisons of all groups (one group = one question's candidates at one step) go to the
 generator in one call. A verdict is the last `[[A]]`/`[[B]]` of the judge's output; an
@@ -11,10 +11,12 @@ unparseable one gives no win to either side and is counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from psr.config import JudgeParams
 from psr.engines import Generator, Sample
-from psr.prompts import Templates, Verdict, chat_prompt, parse_verdict
+from psr.policy import Policy
+from psr.prompts import Verdict, parse_verdict
 from psr.records import EFTRecord
 
 
@@ -119,9 +121,7 @@ def run_judge_prompts(
 
 def judge_groups(
     groups: list[JudgeGroup],
-    generator: Generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     params: JudgeParams,
     *,
     seed: int = 0,
@@ -135,10 +135,10 @@ def judge_groups(
         pairs = ordered_pairs(len(g.candidates))
         start = len(prompts)
         for a, b in pairs:
-            user = templates.judge_prompt(g.question, g.previous_steps, g.candidates[a], g.candidates[b])
-            prompts.append(chat_prompt(tokenizer, user))
+            user = policy.templates.judge_prompt(g.question, g.previous_steps, g.candidates[a], g.candidates[b])
+            prompts.append(policy.chat(user))
         spans.append((start, len(prompts), pairs))
-    samples = run_judge_prompts(prompts, generator, params, seed=seed)
+    samples = run_judge_prompts(prompts, policy.generator, params, seed=seed)
     results = []
     for g, (start, end, pairs) in zip(groups, spans):
         judgments = [
@@ -173,25 +173,31 @@ def _percent(num: int, den: int) -> float | None:
 
 def judge_pairs_accuracy(
     records: list[EFTRecord],
-    generator: Generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     judge_params: JudgeParams,
     *,
     seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Judge accuracy on held-out step pairs, in percent. Each record is judged as given and with
     the steps swapped; each order counts as one try (correct when it names the better step).
     `position_consistency`: records whose two orders name the same step (an unparseable order
-    never agrees); `parse_rate`: outputs with a verdict. Percentages are None when n is 0."""
+    never agrees); `parse_rate`: outputs with a verdict. Percentages are None when n is 0.
+    `on_progress(done, total)` is called with 0 records done before the one batched judge call
+    and with all of them after it."""
     for r in records:
         if r.verdict not in ("A", "B"):
             raise ValueError(f"EFT record {r.id!r}: verdict must be 'A' or 'B', got {r.verdict!r}")
+    judge = policy.templates.judge_prompt
     prompts = []
     for r in records:
-        prompts.append(chat_prompt(tokenizer, templates.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
-        prompts.append(chat_prompt(tokenizer, templates.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
-    samples = run_judge_prompts(prompts, generator, judge_params, seed=seed)
+        prompts.append(policy.chat(judge(r.question, r.previous_steps, r.step_a, r.step_b)))
+        prompts.append(policy.chat(judge(r.question, r.previous_steps, r.step_b, r.step_a)))
+    if on_progress:
+        on_progress(0, len(records))
+    samples = run_judge_prompts(prompts, policy.generator, judge_params, seed=seed)
+    if on_progress:
+        on_progress(len(records), len(records))
     correct = parsed = consistent = 0
     for k, r in enumerate(records):
         given, swapped = parse_verdict(samples[2 * k].text), parse_verdict(samples[2 * k + 1].text)

@@ -20,41 +20,62 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from psr.config import JudgeParams, SearchParams
-from psr.engines import Generator, derive_seed
-from psr.io import RecordError, append_jsonl, read_jsonl, write_jsonl
+from psr.engines import derive_seed
+from psr.io import FLATTEN, RecordError, append_jsonl, read_jsonl, write_jsonl
 from psr.judge import GroupJudgment, JudgeGroup, judge_groups
-from psr.prompts import Templates, chat_prompt
+from psr.policy import Policy
 from psr.records import PPDPair, Question
 from psr.steps import STOP_STRING, is_final, join_steps, prefix_text, strip_marker
 
 
 @dataclass
+class SearchCounters:
+    """What a search did: one question's expansions and judge calls while it runs and in its
+    status line, or the sum over questions in `SearchStats`."""
+
+    expansions: int = 0
+    ties: int = 0  # expansions whose scores were all equal
+    rollbacks: int = 0  # steps dropped by those ties
+    judge_calls: int = 0  # ordered comparisons
+    judge_generations: int = 0  # distinct judge prompts decoded
+    parsed: int = 0  # judge outputs with a verdict
+    consistent: int = 0  # unordered pairs whose two orders name the same winner
+    unordered_pairs: int = 0
+    candidate_tokens: int = 0
+    judge_tokens: int = 0
+    unanimous: int = 0  # expansions whose w candidates were all the same text (taken, no pair)
+
+    def __add__(self, other: SearchCounters) -> SearchCounters:
+        return SearchCounters(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))
+
+    def count_judgment(self, verdicts: GroupJudgment) -> None:
+        self.judge_calls += verdicts.n_judgments
+        self.judge_generations += verdicts.n_generated
+        self.parsed += verdicts.n_parsed
+        self.consistent += verdicts.n_consistent
+        self.unordered_pairs += verdicts.n_unordered
+        self.judge_tokens += verdicts.n_tokens
+
+
+@dataclass
 class QuestionStatus:
     """One line of the status log: a question is done, with its counters (so stats survive a
-    resume). `stop`: "final" | "max_steps" | "expansion_cap"."""
+    resume). `stop`: "final" | "max_steps" | "expansion_cap". On disk the counters sit beside
+    the other fields in one flat JSON object."""
 
     id: str
     finished: bool
     stop: str
     n_pairs: int
     n_steps: int
-    expansions: int
-    ties: int
-    rollbacks: int
-    judge_calls: int
-    judge_generations: int
-    parsed: int
-    consistent: int
-    unordered_pairs: int
-    candidate_tokens: int
-    judge_tokens: int
-    unanimous: int = 0
+    counters: SearchCounters = field(default_factory=SearchCounters, metadata={FLATTEN: True})
 
 
 @dataclass
@@ -64,24 +85,79 @@ class SearchStats:
 
     questions: int = 0
     finished: int = 0
-    finished_rate: float = 0.0
     pairs: int = 0
-    pairs_per_question: float = 0.0
-    expansions: int = 0
-    ties: int = 0  # expansions whose scores were all equal
-    unanimous: int = 0  # expansions whose w candidates were all the same text (taken, no pair)
-    rollbacks: int = 0  # steps dropped by those ties
-    judge_calls: int = 0  # ordered comparisons
-    judge_generations: int = 0  # distinct judge prompts decoded
-    parse_rate: float = 0.0
-    position_consistency: float = 0.0
-    candidate_tokens: int = 0
-    judge_tokens: int = 0
+    counters: SearchCounters = field(default_factory=SearchCounters)
     wall_time_s: float = 0.0
     resumed: int = 0  # questions already done before this call
 
+    @property
+    def finished_rate(self) -> float:
+        return 100.0 * self.finished / self.questions if self.questions else 0.0
+
+    @property
+    def pairs_per_question(self) -> float:
+        return self.pairs / self.questions if self.questions else 0.0
+
+    @property
+    def parse_rate(self) -> float:
+        c = self.counters
+        return 100.0 * c.parsed / c.judge_calls if c.judge_calls else 0.0
+
+    @property
+    def position_consistency(self) -> float:
+        c = self.counters
+        return 100.0 * c.consistent / c.unordered_pairs if c.unordered_pairs else 0.0
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The stage summary (and the `search` entry of metrics.json)."""
+        c = self.counters
+        return {
+            "questions": self.questions,
+            "finished": self.finished,
+            "finished_rate": self.finished_rate,
+            "pairs": self.pairs,
+            "pairs_per_question": self.pairs_per_question,
+            "expansions": c.expansions,
+            "ties": c.ties,
+            "unanimous": c.unanimous,
+            "rollbacks": c.rollbacks,
+            "judge_calls": c.judge_calls,
+            "judge_generations": c.judge_generations,
+            "parse_rate": self.parse_rate,
+            "position_consistency": self.position_consistency,
+            "candidate_tokens": c.candidate_tokens,
+            "judge_tokens": c.judge_tokens,
+            "wall_time_s": self.wall_time_s,
+            "resumed": self.resumed,
+        }
+
+
+@dataclass
+class ExpansionTrace:
+    """One expansion of one question, as `step_search(on_expansion=...)` reports it (a notebook
+    draws a question's search tree from these). Steps are contents without `Step n: `, as in PPD
+    pairs. `candidates` are the distinct texts among the w samples, in first-seen order: the ones
+    judged, which `judgments`, `wins`, `chosen` and `rejected` index; `samples` keeps all w.
+
+    `outcome`: "pair" (chosen and rejected differ: a PPD pair, kept unless a later rollback drops
+    it), "unanimous" (one distinct candidate: taken without judging), "rollback" (all scores
+    tied: the last step is dropped, or at the first step the step is sampled again) or
+    "same_text" (chosen and rejected read the same: taken without a pair). `stop` is the
+    question's stop after this expansion ("" while it goes on)."""
+
+    question_id: str
+    previous_steps: list[str]
+    candidates: list[str]
+    judgments: list[tuple[int, int, str | None]]  # (i in slot A, j in slot B, verdict "A"/"B"/None)
+    wins: list[int]
+    chosen: int | None
+    rejected: int | None
+    outcome: str
+    samples: list[str] = field(default_factory=list)
+    finals: list[bool] = field(default_factory=list)  # per candidate: the step ends the solution
+    judge_texts: list[str] = field(default_factory=list)  # the judge's output per judgment
+    stop: str = ""
+    expansion: int = 0  # 1-based among this question's expansions
 
 
 @dataclass
@@ -95,17 +171,7 @@ class _State:
     pairs: list[PPDPair | None] = field(default_factory=list)
     final: bool = False
     stop: str = ""
-    expansions: int = 0
-    ties: int = 0
-    rollbacks: int = 0
-    judge_calls: int = 0
-    judge_generations: int = 0
-    parsed: int = 0
-    consistent: int = 0
-    unordered_pairs: int = 0
-    candidate_tokens: int = 0
-    judge_tokens: int = 0
-    unanimous: int = 0
+    counters: SearchCounters = field(default_factory=SearchCounters)
 
     @property
     def done(self) -> bool:
@@ -153,40 +219,40 @@ def _advance(
     search: SearchParams,
     iteration: int,
     seed: int,
-) -> None:
+) -> tuple[str, int | None, int | None]:
     """Apply one expansion's judged candidates to a question (the paper's rule plus our caps).
     `contents` are the *distinct* candidate texts; with only one (`verdicts` is None) the model
-    was unanimous: that step is taken with no pair and no rollback."""
-    state.expansions += 1
+    was unanimous: that step is taken with no pair and no rollback. Returns the outcome (see
+    `ExpansionTrace`) and the chosen and rejected candidate indices."""
+    c = state.counters
+    c.expansions += 1
     if verdicts is None:
-        state.unanimous += 1
+        c.unanimous += 1
         state.steps.append(contents[0])
         state.pairs.append(None)
         if finals[0]:
             state.final = True
             state.stop = "final"
-            return
+            return "unanimous", 0, None
         _check_caps(state, search)
-        return
-    state.judge_calls += verdicts.n_judgments
-    state.judge_generations += verdicts.n_generated
-    state.parsed += verdicts.n_parsed
-    state.consistent += verdicts.n_consistent
-    state.unordered_pairs += verdicts.n_unordered
-    state.judge_tokens += verdicts.n_tokens
+        return "unanimous", 0, None
+    c.count_judgment(verdicts)
     wins = verdicts.wins
     if max(wins) == min(wins):
-        state.ties += 1
+        outcome, best, worst = "rollback", None, None
+        c.ties += 1
         if state.steps:  # drop s_{l-1} and its pair, resample step l-1
             state.steps.pop()
             state.pairs.pop()
-            state.rollbacks += 1
+            c.rollbacks += 1
     else:
-        rng = random.Random(derive_seed(seed, iteration, state.question.id, state.expansions))
+        rng = random.Random(derive_seed(seed, iteration, state.question.id, c.expansions))
         best, worst = _pick(wins, max(wins), rng), _pick(wins, min(wins), rng)
         chosen, rejected = contents[best], contents[worst]
         pair = None
+        outcome = "same_text"
         if chosen != rejected:  # identical texts teach nothing and would be a degenerate DPO pair
+            outcome = "pair"
             pair = PPDPair(
                 id=f"{state.question.id}#{len(state.steps) + 1}",
                 question=state.question.question,
@@ -203,14 +269,15 @@ def _advance(
         if finals[best]:
             state.final = True
             state.stop = "final"
-            return
+            return outcome, best, worst
     _check_caps(state, search)
+    return outcome, best, worst
 
 
 def _check_caps(state: _State, search: SearchParams) -> None:
     if len(state.steps) >= search.max_steps:
         state.stop = "max_steps"
-    elif state.expansions >= search.expansion_cap:
+    elif state.counters.expansions >= search.expansion_cap:
         state.stop = "expansion_cap"
 
 
@@ -228,15 +295,14 @@ def distinct_candidates(contents: list[str], finals: list[bool]) -> tuple[list[s
 
 def _run(
     states: list[_State],
-    generator: Generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     search: SearchParams,
     judge: JudgeParams,
     *,
     iteration: int,
     seed: int,
     on_done: Callable[[_State], None],
+    on_expansion: Callable[[ExpansionTrace], None] | None = None,
     progress: bool,
     desc: str,
     initial: int = 0,
@@ -253,7 +319,7 @@ def _run(
     try:
         while active:
             prompts = [s.prompt + prefix_text(s.steps) for s in active]
-            samples = generator.generate(
+            samples = policy.generator.generate(
                 prompts,
                 n=search.width,
                 temperature=search.temperature,
@@ -264,21 +330,24 @@ def _run(
             )
             if len(samples) != len(active) or any(len(x) != search.width for x in samples):
                 raise RuntimeError(f"generator returned a wrong number of samples for {len(active)} prompts")
-            contents = [[strip_marker(x.text) for x in row] for row in samples]
-            finals = [[is_final(c) or x.finish_reason == "eos" for c, x in zip(cs, row)] for cs, row in zip(contents, samples)]
-            distinct = [distinct_candidates(cs, fs) for cs, fs in zip(contents, finals)]
+            sampled = [[strip_marker(x.text) for x in row] for row in samples]
+            finals = [[is_final(c) or x.finish_reason == "eos" for c, x in zip(cs, row)] for cs, row in zip(sampled, samples)]
+            distinct = [distinct_candidates(cs, fs) for cs, fs in zip(sampled, finals)]
             contents, finals = [d[0] for d in distinct], [d[1] for d in distinct]
             judged = [i for i, cs in enumerate(contents) if len(cs) >= 2]
             groups = [JudgeGroup(active[i].question.question, list(active[i].steps), contents[i]) for i in judged]
             results = judge_groups(
-                groups, generator, templates, tokenizer, judge, seed=derive_seed(seed, iteration, "judge", round_index)
+                groups, policy, judge, seed=derive_seed(seed, iteration, "judge", round_index)
             ) if groups else []
             verdicts: list[GroupJudgment | None] = [None] * len(active)
             for i, r in zip(judged, results):
                 verdicts[i] = r
-            for s, cs, fs, row, v in zip(active, contents, finals, samples, verdicts):
-                s.candidate_tokens += sum(x.n_tokens for x in row)
-                _advance(s, cs, fs, v, search, iteration, seed)
+            for s, cs, fs, row, raw, v in zip(active, contents, finals, samples, sampled, verdicts):
+                s.counters.candidate_tokens += sum(x.n_tokens for x in row)
+                previous = list(s.steps)
+                outcome, best, worst = _advance(s, cs, fs, v, search, iteration, seed)
+                if on_expansion:
+                    on_expansion(_trace(s, previous, cs, fs, raw, v, outcome, best, worst))
                 if s.done:
                     on_done(s)
                     bar.update(1)
@@ -289,24 +358,32 @@ def _run(
         bar.close()
 
 
-def _status(s: _State, n_pairs: int) -> QuestionStatus:
-    return QuestionStatus(
-        id=s.question.id,
-        finished=s.final,
-        stop=s.stop,
-        n_pairs=n_pairs,
-        n_steps=len(s.steps),
-        expansions=s.expansions,
-        ties=s.ties,
-        rollbacks=s.rollbacks,
-        judge_calls=s.judge_calls,
-        judge_generations=s.judge_generations,
-        parsed=s.parsed,
-        consistent=s.consistent,
-        unordered_pairs=s.unordered_pairs,
-        candidate_tokens=s.candidate_tokens,
-        judge_tokens=s.judge_tokens,
-        unanimous=s.unanimous,
+def _trace(
+    state: _State,
+    previous: list[str],
+    contents: list[str],
+    finals: list[bool],
+    sampled: list[str],
+    verdicts: GroupJudgment | None,
+    outcome: str,
+    best: int | None,
+    worst: int | None,
+) -> ExpansionTrace:
+    judgments = verdicts.judgments if verdicts else []
+    return ExpansionTrace(
+        question_id=state.question.id,
+        previous_steps=previous,
+        candidates=list(contents),
+        judgments=[(j.a, j.b, j.verdict) for j in judgments],
+        wins=list(verdicts.wins) if verdicts else [0],
+        chosen=best,
+        rejected=worst,
+        outcome=outcome,
+        samples=list(sampled),
+        finals=list(finals),
+        judge_texts=[j.text for j in judgments],
+        stop=state.stop,
+        expansion=state.counters.expansions,
     )
 
 
@@ -334,35 +411,23 @@ def _resume(out_path: Path, log_path: Path) -> dict[str, QuestionStatus]:
 
 
 def _stats(statuses: list[QuestionStatus], wall: float, resumed: int) -> SearchStats:
-    n = len(statuses)
-    total = lambda name: sum(getattr(s, name) for s in statuses)  # noqa: E731
-    pairs, calls, unordered = total("n_pairs"), total("judge_calls"), total("unordered_pairs")
     return SearchStats(
-        questions=n,
-        finished=total("finished"),
-        finished_rate=100.0 * total("finished") / n if n else 0.0,
-        pairs=pairs,
-        pairs_per_question=pairs / n if n else 0.0,
-        expansions=total("expansions"),
-        ties=total("ties"),
-        unanimous=total("unanimous"),
-        rollbacks=total("rollbacks"),
-        judge_calls=calls,
-        judge_generations=total("judge_generations"),
-        parse_rate=100.0 * total("parsed") / calls if calls else 0.0,
-        position_consistency=100.0 * total("consistent") / unordered if unordered else 0.0,
-        candidate_tokens=total("candidate_tokens"),
-        judge_tokens=total("judge_tokens"),
+        questions=len(statuses),
+        finished=sum(s.finished for s in statuses),
+        pairs=sum(s.n_pairs for s in statuses),
+        counters=sum((s.counters for s in statuses), SearchCounters()),
         wall_time_s=wall,
         resumed=resumed,
     )
 
 
+def _reasoning_states(questions: list[Question], policy: Policy) -> list[_State]:
+    return [_State(q, policy.chat(policy.templates.reasoning_prompt(q.question))) for q in questions]
+
+
 def step_search(
     questions: list[Question],
-    generator: Generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     search: SearchParams,
     judge: JudgeParams,
     *,
@@ -370,10 +435,15 @@ def step_search(
     seed: int,
     out_path: str | Path,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_expansion: Callable[[ExpansionTrace], None] | None = None,
 ) -> SearchStats:
     """Search every question, append its PPD pairs to `out_path` (JSON lines of `PPDPair`) and
     return totals. Questions already in the status log are skipped, so rerunning after a kill
-    resumes. Pairs of unfinished questions are kept only if `search.keep_unfinished`."""
+    resumes. Pairs of unfinished questions are kept only if `search.keep_unfinished`.
+
+    `on_progress(done, total)`: called at the start (resumed questions count as done) and as
+    each question finishes. `on_expansion(trace)`: called once per expansion (`ExpansionTrace`)."""
     _check_inputs(questions, search)
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -382,19 +452,22 @@ def step_search(
     todo = [q for q in questions if q.id not in done]
     resumed = len(questions) - len(todo)
     fresh: list[QuestionStatus] = []
+    if on_progress:
+        on_progress(resumed, len(questions))
 
     def write_done(s: _State) -> None:
         keep = s.final or search.keep_unfinished
         pairs = [p for p in s.pairs if p is not None] if keep else []
         append_jsonl(out_path, pairs)
-        status = _status(s, len(pairs))
+        status = QuestionStatus(s.question.id, s.final, s.stop, len(pairs), len(s.steps), s.counters)
         append_jsonl(log_path, [status])  # after the pairs: a status line vouches for them
         fresh.append(status)
+        if on_progress:
+            on_progress(resumed + len(fresh), len(questions))
 
-    states = [_State(q, chat_prompt(tokenizer, templates.reasoning_prompt(q.question))) for q in todo]
     _run(
-        states, generator, templates, tokenizer, search, judge,
-        iteration=iteration, seed=seed, on_done=write_done, progress=progress,
+        _reasoning_states(todo, policy), policy, search, judge,
+        iteration=iteration, seed=seed, on_done=write_done, on_expansion=on_expansion, progress=progress,
         desc=f"step search (iteration {iteration})", initial=resumed, total=len(questions),
     )
     wanted = {q.id for q in questions}
@@ -402,11 +475,30 @@ def step_search(
     return _stats(statuses, time.perf_counter() - start, resumed)
 
 
+def trace_search(
+    question: Question,
+    policy: Policy,
+    search: SearchParams,
+    judge: JudgeParams,
+    *,
+    iteration: int,
+    seed: int,
+) -> list[ExpansionTrace]:
+    """Every expansion of one question's search, re-run in a temporary folder. Samples depend
+    only on (seed, prompt) and a question's e-th expansion always falls in round e, so with the
+    stage's policy, params, iteration and seed this is the search the stage ran for it."""
+    traces: list[ExpansionTrace] = []
+    with tempfile.TemporaryDirectory(prefix="psr-trace-") as tmp:
+        step_search(
+            [question], policy, search, judge, iteration=iteration, seed=seed,
+            out_path=Path(tmp) / "ppd.jsonl", progress=False, on_expansion=traces.append,
+        )
+    return traces
+
+
 def solve_with_search(
     questions: list[Question],
-    generator: Generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     search: SearchParams,
     judge: JudgeParams,
     seed: int,
@@ -416,9 +508,9 @@ def solve_with_search(
     """Test-time scaling (paper §5.2): the same search, keeping the best candidate at every step
     and no pairs; returns each question's solution text (`Step 1: ...`), partial if a cap hit."""
     _check_inputs(questions, search)
-    states = [_State(q, chat_prompt(tokenizer, templates.reasoning_prompt(q.question))) for q in questions]
+    states = _reasoning_states(questions, policy)
     _run(
-        states, generator, templates, tokenizer, search, judge,
+        states, policy, search, judge,
         iteration=0, seed=derive_seed(seed, "solve"), on_done=lambda s: None, progress=progress,
         desc="search-based solving",
     )

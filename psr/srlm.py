@@ -1,5 +1,6 @@
 """The SRLM baseline's preference data (Yuan et al. 2024; paper §5.1): whole solutions scored 1-5
-by the model itself.
+by the model itself. The preference stage makes preference data by step search for PSRLM and
+by this solution scoring for SRLM (its stage id, `02_step_search`, is shared by both arms).
 
 Per question: sample N solutions, have the same model score each one `n_score_repeats` times with
 the solution-scoring prompt (`Score: N`), average the parsed scores, and pair the best with the
@@ -14,13 +15,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from psr.config import SRLMParams
 from psr.engines import derive_seed
 from psr.io import append_jsonl, read_jsonl
-from psr.prompts import Templates, chat_prompt, parse_score
+from psr.policy import Policy
+from psr.prompts import parse_score
 from psr.records import Question, SolutionPair
 
 
@@ -46,9 +49,7 @@ class SRLMStats:
 
 def srlm_pairs(
     questions: list[Question],
-    generator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     params: SRLMParams,
     *,
     iteration: int,
@@ -56,21 +57,29 @@ def srlm_pairs(
     out_path: str | Path,
     chunk_size: int = 32,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SRLMStats:
+    """Score and pair every question not yet in `out_path`, a chunk at a time; then summarise the
+    file. `on_progress(done, total)`: called at the start (questions already in the file count as
+    done) and after each chunk."""
     out_path = Path(out_path)
     start = time.perf_counter()
     done = {r.id for r in _read(out_path)}
     todo = [q for q in questions if q.id not in done]
-    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="srlm pairs", disable=not progress)
+    resumed = len(questions) - len(todo)
+    if on_progress:
+        on_progress(resumed, len(questions))
+    bar = tqdm(total=len(questions), initial=resumed, desc="srlm pairs", disable=not progress)
+    templates, generator = policy.templates, policy.generator
     for c in range(0, len(todo), chunk_size):
         chunk = todo[c : c + chunk_size]
-        prompts = [chat_prompt(tokenizer, templates.reasoning_prompt(q.question)) for q in chunk]
+        prompts = [policy.chat(templates.reasoning_prompt(q.question)) for q in chunk]
         solutions = generator.generate(
             prompts, n=params.n_candidates, temperature=params.temperature, top_p=params.top_p,
             max_new_tokens=params.max_new_tokens, stop=None, seed=derive_seed(seed, iteration, "solutions"),
         )
         score_prompts = [
-            chat_prompt(tokenizer, templates.srlm_prompt(q.question, s.text.strip()))
+            policy.chat(templates.srlm_prompt(q.question, s.text.strip()))
             for q, sols in zip(chunk, solutions)
             for s in sols
         ]
@@ -85,6 +94,8 @@ def srlm_pairs(
             results.append(_pair(q, [s.text.strip() for s in sols], raw, iteration))
         append_jsonl(out_path, results)
         bar.update(len(chunk))
+        if on_progress:
+            on_progress(resumed + c + len(chunk), len(questions))
     bar.close()
     return summarise(_read(out_path), questions, time.perf_counter() - start)
 

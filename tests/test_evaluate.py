@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from psr.config import PromptParams
 from psr.evaluate import evaluate, step_stats
+from psr.io import read_jsonl
 from psr.engines import Sample
 from psr.models import train_tokenizer
+from psr.policy import Policy
 from psr.prompts import Templates
 from psr.tasks.benchmarks import BenchmarkItem
 
@@ -45,15 +45,16 @@ def tok():
 ITEMS = [BenchmarkItem(id=f"q{i}", question=f"What is {i}+{i + 1}?", gold=str(2 * i + 1)) for i in range(10)]
 
 
-def run(tmp_path, tok, gen, batch_size=3):
-    return evaluate("toy", ITEMS, gen, Templates.from_params(PromptParams(style="compact")), tok,
-                    max_new_tokens=32, out_path=tmp_path / "toy.jsonl", batch_size=batch_size, progress=False)
+def run(tmp_path, tok, gen, batch_size=3, **kw):
+    policy = Policy(gen, tok, Templates.from_params(PromptParams(style="compact")))
+    return evaluate("toy", ITEMS, policy, max_new_tokens=32, out_path=tmp_path / "toy.jsonl",
+                    batch_size=batch_size, progress=False, **kw)
 
 
 def test_writes_per_sample_records_and_the_table(tmp_path, tok):
     summary = run(tmp_path, tok, ScriptedSolver())
     assert summary.n == 10 and summary.accuracy == 50.0 and summary.mean_steps == 2.0
-    rows = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "toy.jsonl")
     assert {r["id"] for r in rows} == {it.id for it in ITEMS}
     first = next(r for r in rows if r["id"] == "q0")
     assert first["extracted"] == "1" and first["gold"] == "1" and first["correct"] is True
@@ -70,6 +71,16 @@ def test_interrupted_evaluation_resumes_without_redoing_samples(tmp_path, tok):
     assert len(second.prompts) == 10 - done  # only the missing samples were decoded
     (tmp_path / "fresh").mkdir()
     assert summary == run(tmp_path / "fresh", tok, ScriptedSolver())  # same table as an uninterrupted run
+
+
+def test_progress_counts_items_per_batch_and_resumed_ones_at_the_start(tmp_path, tok):
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tok, ScriptedSolver(fail_after_calls=1), on_progress=lambda *a: seen.append(a))
+    assert seen == [(0, 10), (3, 10)]
+    seen.clear()
+    run(tmp_path, tok, ScriptedSolver(), batch_size=4, on_progress=lambda *a: seen.append(a))
+    assert seen == [(3, 10), (7, 10), (10, 10)]
 
 
 def test_step_stats_of_unstructured_output(tok):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psr.tools.interop import HEADER, export_step_dpo, from_step_dpo, import_step_dpo, load_step_dpo, to_step_dpo
-from psr.io import RecordError
+from psr.io import RecordError, read_jsonl
 from psr.records import PPDPair
 from psr.steps import STEP_MARKER
 
@@ -54,7 +54,7 @@ def test_round_trip_without_and_with_extras(tmp_path):
     assert [shared(p) for p in back] == [shared(p) for p in pairs]
     assert all(p.iteration == 7 and p.scores == [] for p in back)
     assert len({p.id for p in back}) == 2
-    columns = set(json.loads((tmp_path / "plain.jsonl").read_text().splitlines()[0]))
+    columns = set(read_jsonl(tmp_path / "plain.jsonl")[0])
     assert columns == {"prompt", "initial_reason_steps", "chosen", "rejected"}
     export_step_dpo(pairs, tmp_path / "full.jsonl", extras=True)
     assert import_step_dpo(tmp_path / "full.jsonl") == pairs

@@ -1,8 +1,9 @@
 import os
+from dataclasses import dataclass, field
 
 import pytest
 
-from psr.io import RecordError, append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from psr.io import FLATTEN, RecordError, append_jsonl, jsonl_rows, read_json, read_jsonl, write_json, write_jsonl
 from psr.records import PPDPair, Question
 
 
@@ -52,3 +53,45 @@ def test_write_json_is_atomic_no_temp_left(tmp_path):
     write_json(tmp_path / "m.json", {"a": 2})
     assert read_json(tmp_path / "m.json") == {"a": 2}
     assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_rows_carry_their_file_and_line_and_must_be_objects(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": "1"}\n\n{"id": "3"}\n')
+    assert list(jsonl_rows(path)) == [(f"{path}:1", {"id": "1"}), (f"{path}:3", {"id": "3"})]
+    path.write_text('{"id": "1"}\n[1, 2]\n')
+    with pytest.raises(RecordError, match=r"r.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_an_input_file_keeps_its_unterminated_last_line_an_error(tmp_path):
+    path = tmp_path / "input.jsonl"
+    path.write_text('{"id": "1"}\n{"id": ')
+    assert [row for _, row in jsonl_rows(path)] == [{"id": "1"}]  # an append log drops the torn tail
+    with pytest.raises(RecordError, match=r"input.jsonl:2: not valid JSON"):
+        list(jsonl_rows(path, drop_torn_tail=False))
+
+
+@dataclass
+class Tally:
+    wins: int = 0
+    losses: int = 0
+
+
+@dataclass
+class Player:
+    name: str
+    tally: Tally = field(default_factory=Tally, metadata={FLATTEN: True})
+
+
+def test_a_flattened_sub_record_shares_the_line(tmp_path):
+    path = tmp_path / "players.jsonl"
+    players = [Player("ann", Tally(3, 1)), Player("bob")]
+    write_jsonl(path, players)
+    assert path.read_text().splitlines()[0] == '{"name": "ann", "wins": 3, "losses": 1}'
+    assert read_jsonl(path, Player) == players
+    path.write_text('{"name": "cy", "wins": 2}\n{"name": "dee", "draws": 1}\n')
+    with pytest.raises(RecordError, match=r"players.jsonl:2: unexpected field 'draws' for Player"):
+        read_jsonl(path, Player)

@@ -1,19 +1,12 @@
 """Pairwise judging: every ordered pair, one batched call, win counts, unparseable verdicts,
-position consistency, greedy de-duplication, and judge accuracy on held-out pairs.
-
-`ScriptedGenerator` is a fake *model*: a deterministic function of the prompt text it receives
-(policy prompts -> candidate steps, judge prompts -> a judgment), implementing the generator
-interface. It reads prompts the way a model would, so the real prompt-building code is exercised."""
+position consistency, greedy de-duplication, and judge accuracy on held-out pairs (on the
+scripted fake model of tests/conftest.py)."""
 
 from __future__ import annotations
 
-import re
-from typing import Callable
-
 import pytest
 
-from psr.config import JudgeParams, PromptParams
-from psr.engines import Sample, cut_at_stop
+from psr.config import JudgeParams
 from psr.judge import (
     JudgeGroup,
     Judgment,
@@ -24,85 +17,13 @@ from psr.judge import (
     win_counts,
 )
 from psr.models import train_tokenizer
-from psr.prompts import Templates
 from psr.records import EFTRecord
-from psr.steps import split_steps
-
-_A = re.compile(r"\[The Start of Assistant A's Next Reasoning Step\]\n(.*?)\n\[The End of Assistant A's", re.S)
-_B = re.compile(r"\[The Start of Assistant B's Next Reasoning Step\]\n(.*?)\n\[The End of Assistant B's", re.S)
-_CONTEXT = re.compile(r"\[Question and Intermediate Reasoning Steps Provided\]\n(.*?)\n+\[The Start of Assistant A", re.S)
-_PROBLEM = re.compile(r"Problem: (.*?)\n<\|assistant\|>\n(.*)\Z", re.S)
-
-EOS_MARK = "<eos>"  # a scripted policy ends a text with this to mean "the model emitted EOS"
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class ScriptedGenerator:
-    """policy(question, previous_steps, n, seed, visit) -> n generated texts (each like
-    "Step k: ...", optionally continuing with "\\nStep k+1: ..." or ending in EOS_MARK);
-    judge(question, previous_steps, step_a, step_b) -> judgment text. `visit` counts how often
-    this exact policy prompt was seen before (lets a script change its mind on a retry).
-    `fail_after`: raise Crash on that call number (a kill mid-run)."""
-
-    def __init__(self, policy: Callable | None = None, judge: Callable | None = None, fail_after: int | None = None):
-        self.policy = policy or (lambda q, steps, n, seed, visit: [f"Step {len(steps) + 1}: x{i}" for i in range(n)])
-        self.judge = judge or (lambda q, prev, a, b: "[[A]]")
-        self.fail_after = fail_after
-        self.calls: list[tuple[str, int, int]] = []  # (kind, number of prompts, n)
-        self.prompts: list[str] = []
-        self.visits: dict[str, int] = {}
-
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, stop, seed):
-        if self.fail_after is not None and len(self.calls) + 1 >= self.fail_after:
-            raise Crash(f"simulated kill at call {len(self.calls) + 1}")
-        self.prompts.extend(prompts)
-        kinds = {("judge" if _A.search(p) else "policy") for p in prompts}
-        self.calls.append(("/".join(sorted(kinds)), len(prompts), n))
-        out = []
-        for p in prompts:
-            if _A.search(p):
-                q, prev = _split_context(_CONTEXT.search(p).group(1))
-                text = self.judge(q, prev, _A.search(p).group(1), _B.search(p).group(1))
-                out.append([Sample(text, len(text.split()) + 1, "eos")] * n)
-            else:
-                m = _PROBLEM.search(p)
-                q, prefix = m.group(1), m.group(2)
-                steps = split_steps(prefix) if prefix.strip() else []
-                visit = self.visits.get(p, 0)
-                self.visits[p] = visit + 1
-                texts = self.policy(q, steps, n, seed, visit)
-                assert len(texts) == n
-                out.append([_as_sample(t, stop, max_new_tokens) for t in texts])
-        return out
-
-
-def _split_context(context: str) -> tuple[str, list[str]]:
-    if "\nStep 1: " not in context:
-        return context, []
-    q, rest = context.split("\n", 1)
-    return q, split_steps(rest)
-
-
-def _as_sample(text: str, stop: str | None, max_new_tokens: int) -> Sample:
-    text, stopped = cut_at_stop(text, stop)
-    if stopped:
-        return Sample(text, len(text.split()) + 1, "stop")
-    if text.endswith(EOS_MARK):
-        return Sample(text[: -len(EOS_MARK)], len(text.split()) + 1, "eos")
-    return Sample(text, max_new_tokens, "length")
+from tests.conftest import ScriptedGenerator
 
 
 @pytest.fixture(scope="module")
 def tok():
     return train_tokenizer(["Step 1: 1 + 2 = 3 [[A]] [[B]] Which next step is better?"] * 5, 300)
-
-
-@pytest.fixture(scope="module")
-def templates():
-    return Templates.from_params(PromptParams(style="compact"))
 
 
 GREEDY = JudgeParams(do_sample=False, max_new_tokens=16)
@@ -122,10 +43,10 @@ def test_ordered_pairs_put_every_candidate_in_both_slots():
         assert (i, i) not in pairs
 
 
-def test_win_counts_over_ordered_pairs(tok, templates):
+def test_win_counts_over_ordered_pairs(as_policy):
     gen = ScriptedGenerator(judge=bigger_wins)
     group = JudgeGroup("q", ["1 + 1 = 2"], ["v 3", "v 1", "v 5", "v 2"])
-    [res] = judge_groups([group], gen, templates, tok, GREEDY)
+    [res] = judge_groups([group], as_policy(gen), GREEDY)
     # each candidate beats every smaller one in both orders: wins = 2 * (number smaller)
     assert res.wins == [4, 0, 6, 2]
     assert res.n_judgments == 12 and res.n_parsed == 12 and res.n_consistent == 6
@@ -133,31 +54,31 @@ def test_win_counts_over_ordered_pairs(tok, templates):
     assert {(j.a, j.b) for j in res.judgments} == set(ordered_pairs(4))
 
 
-def test_position_bias_gives_equal_scores_and_zero_consistency(tok, templates):
+def test_position_bias_gives_equal_scores_and_zero_consistency(as_policy):
     gen = ScriptedGenerator(judge=lambda *a: "[[A]]")
-    [res] = judge_groups([JudgeGroup("q", [], ["a", "b", "c"])], gen, templates, tok, GREEDY)
+    [res] = judge_groups([JudgeGroup("q", [], ["a", "b", "c"])], as_policy(gen), GREEDY)
     assert res.wins == [2, 2, 2]  # the case the paper's rollback rule is for
     assert res.n_consistent == 0 and res.n_parsed == 6
 
 
-def test_unparseable_verdicts_give_no_win_and_are_counted(tok, templates):
+def test_unparseable_verdicts_give_no_win_and_are_counted(as_policy):
     def judge(q, prev, a, b):
         return "no idea" if "bad" in (a + b) else bigger_wins(q, prev, a, b)
 
     gen = ScriptedGenerator(judge=judge)
-    [res] = judge_groups([JudgeGroup("q", [], ["v 1", "bad 9", "v 2"])], gen, templates, tok, GREEDY)
+    [res] = judge_groups([JudgeGroup("q", [], ["v 1", "bad 9", "v 2"])], as_policy(gen), GREEDY)
     assert res.wins == [0, 0, 2]
     assert res.n_parsed == 2 and res.n_judgments == 6
     assert [j.verdict for j in res.judgments if j.a == 1 or j.b == 1] == [None] * 4
 
 
-def test_last_marker_is_the_verdict(tok, templates):
+def test_last_marker_is_the_verdict(as_policy):
     gen = ScriptedGenerator(judge=lambda q, p, a, b: "[[A]] at first, but on reflection [[B]]")
-    [res] = judge_groups([JudgeGroup("q", [], ["a", "b"])], gen, templates, tok, GREEDY)
+    [res] = judge_groups([JudgeGroup("q", [], ["a", "b"])], as_policy(gen), GREEDY)
     assert [j.verdict for j in res.judgments] == ["B", "B"] and res.wins == [1, 1]
 
 
-def test_all_groups_are_judged_in_one_call_with_their_own_context(tok, templates):
+def test_all_groups_are_judged_in_one_call_with_their_own_context(as_policy):
     seen = []
 
     def judge(q, prev, a, b):
@@ -169,22 +90,22 @@ def test_all_groups_are_judged_in_one_call_with_their_own_context(tok, templates
         JudgeGroup("first question", [], ["v 1", "v 2", "v 3"]),
         JudgeGroup("second question", ["2 + 2 = 4", "4 * 2 = 8"], ["v 9", "v 7"]),
     ]
-    res = judge_groups(groups, gen, templates, tok, GREEDY, seed=3)
+    res = judge_groups(groups, as_policy(gen), GREEDY, seed=3)
     assert gen.calls == [("judge", 6 + 2, 1)]
     assert [r.wins for r in res] == [[0, 2, 4], [2, 0]]
     assert set(seen) == {("first question", ()), ("second question", ("2 + 2 = 4", "4 * 2 = 8"))}
 
 
-def test_greedy_judging_decodes_identical_prompts_once(tok, templates):
+def test_greedy_judging_decodes_identical_prompts_once(as_policy):
     gen = ScriptedGenerator(judge=bigger_wins)
     group = JudgeGroup("q", [], ["v 1", "v 1", "v 2"])  # two identical candidates
-    [res] = judge_groups([group], gen, templates, tok, GREEDY)
+    [res] = judge_groups([group], as_policy(gen), GREEDY)
     # pairs (0,2)/(1,2) share a prompt, as do (2,0)/(2,1) and (0,1)/(1,0): 6 -> 3 distinct
     assert gen.calls == [("judge", 3, 1)]
     # (0,1) and (1,0) read the same, so "[[B]]" hands one win to each twin
     assert res.n_generated == 3 and res.wins == [1, 1, 4]
     sampled = ScriptedGenerator(judge=bigger_wins)
-    judge_groups([group], sampled, templates, tok, JudgeParams(do_sample=True, temperature=1.0, max_new_tokens=8))
+    judge_groups([group], as_policy(sampled), JudgeParams(do_sample=True, temperature=1.0, max_new_tokens=8))
     assert sampled.calls == [("judge", 6, 1)]  # samples stay independent
 
 
@@ -196,9 +117,9 @@ def test_consistency_counts_unordered_pairs_naming_the_same_winner():
     assert win_counts(3, js) == [3, 1, 1]
 
 
-def test_a_group_needs_two_candidates(tok, templates):
+def test_a_group_needs_two_candidates(as_policy):
     with pytest.raises(ValueError, match="2 candidates"):
-        judge_groups([JudgeGroup("q", [], ["only"])], ScriptedGenerator(), templates, tok, GREEDY)
+        judge_groups([JudgeGroup("q", [], ["only"])], as_policy(ScriptedGenerator()), GREEDY)
 
 
 def _eft(verdict: str, i: int) -> EFTRecord:
@@ -208,19 +129,26 @@ def _eft(verdict: str, i: int) -> EFTRecord:
                      step_a=a, step_b=b, verdict=verdict, judgment="")
 
 
-def test_judge_pairs_accuracy(tok, templates):
+def test_judge_pairs_accuracy(as_policy):
     records = [_eft("A", 0), _eft("B", 1), _eft("A", 2), _eft("B", 3)]
     oracle = ScriptedGenerator(judge=lambda q, p, a, b: "[[A]]" if a.startswith("ok") else "[[B]]")
-    r = judge_pairs_accuracy(records, oracle, templates, tok, GREEDY)
+    r = judge_pairs_accuracy(records, as_policy(oracle), GREEDY)
     assert r == {"n": 4, "accuracy": 100.0, "position_consistency": 100.0, "parse_rate": 100.0}
     assert oracle.calls == [("judge", 8, 1)]  # both orders of every record, one call
-    biased = judge_pairs_accuracy(records, ScriptedGenerator(judge=lambda *a: "[[A]]"), templates, tok, GREEDY)
+    biased = judge_pairs_accuracy(records, as_policy(ScriptedGenerator(judge=lambda *a: "[[A]]")), GREEDY)
     assert biased["accuracy"] == 50.0 and biased["position_consistency"] == 0.0
-    mute = judge_pairs_accuracy(records, ScriptedGenerator(judge=lambda *a: "hmm"), templates, tok, GREEDY)
+    mute = judge_pairs_accuracy(records, as_policy(ScriptedGenerator(judge=lambda *a: "hmm")), GREEDY)
     assert mute["accuracy"] == 0.0 and mute["parse_rate"] == 0.0
     wrong = ScriptedGenerator(judge=lambda q, p, a, b: "[[B]]" if a.startswith("ok") else "[[A]]")
-    assert judge_pairs_accuracy(records, wrong, templates, tok, GREEDY)["accuracy"] == 0.0
-    assert judge_pairs_accuracy([], oracle, templates, tok, GREEDY)["accuracy"] is None
+    assert judge_pairs_accuracy(records, as_policy(wrong), GREEDY)["accuracy"] == 0.0
+    assert judge_pairs_accuracy([], as_policy(oracle), GREEDY)["accuracy"] is None
     bad = EFTRecord(id="x", question="q", previous_steps=[], step_a="a", step_b="b", verdict="C", judgment="")
     with pytest.raises(ValueError, match="verdict"):
-        judge_pairs_accuracy([bad], oracle, templates, tok, GREEDY)
+        judge_pairs_accuracy([bad], as_policy(oracle), GREEDY)
+
+
+def test_judge_pairs_accuracy_reports_progress_around_its_one_call(as_policy):
+    seen = []
+    records = [_eft("A", 0), _eft("B", 1), _eft("A", 2)]
+    judge_pairs_accuracy(records, as_policy(ScriptedGenerator()), GREEDY, on_progress=lambda *a: seen.append(a))
+    assert seen == [(0, 3), (3, 3)]

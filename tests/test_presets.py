@@ -11,7 +11,7 @@ import yaml
 
 from psr.config import ConfigError, load
 from psr.tasks.benchmarks import BENCHMARKS
-from psr.tasks.real import parse_source
+from psr.tasks.sources import parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 P7 = ROOT / "params" / "qwen2.5-math-7b.yaml"

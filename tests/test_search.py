@@ -7,27 +7,33 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import random
 import re
+from collections import Counter
 
 import pytest
 
-from psr.config import JudgeParams, ModelParams, PromptParams, SearchParams
+from psr.config import JudgeParams, ModelParams, SearchParams
 from psr.engines import HFGenerator, Sample
 from psr.io import RecordError, read_jsonl
 from psr.judge import GroupJudgment
 from psr.models import build_tiny_model, set_threads, train_tokenizer
-from psr.prompts import Templates
+from psr.policy import Policy
 from psr.records import PPDPair, Problem, Question
 from psr.search import (
+    ExpansionTrace,
     QuestionStatus,
+    SearchCounters,
     SearchStats,
     _advance,
     _State,
+    pair_question_id,
     solve_with_search,
     status_path,
     step_search,
+    trace_search,
 )
-from tests.test_judge import _A, _B, EOS_MARK, Crash, ScriptedGenerator
+from tests.conftest import EOS_MARK, SLOT_A, SLOT_B, Crash, ScriptedGenerator
 
 GREEDY = JudgeParams(do_sample=False, max_new_tokens=16)
 
@@ -40,11 +46,6 @@ def search_params(**kw) -> SearchParams:
 @pytest.fixture(scope="module")
 def tok():
     return train_tokenizer(["Step 1: good 1 bad 2 \\boxed{3} [[A]] [[B]] climb"] * 5, 300)
-
-
-@pytest.fixture(scope="module")
-def templates():
-    return Templates.from_params(PromptParams(style="compact"))
 
 
 def ladder(q, steps, n, seed, visit):
@@ -72,7 +73,7 @@ def good_first(q, prev, a, b):
 
 def run(tmp_path, questions, gen, tok, templates, name="ppd.jsonl", search=None, judge=GREEDY, seed=0, **kw):
     out = tmp_path / name
-    stats = step_search(questions, gen, templates, tok, search or search_params(), judge,
+    stats = step_search(questions, Policy(gen, tok, templates), search or search_params(), judge,
                         iteration=2, seed=seed, out_path=out, progress=False, **kw)
     return stats, out
 
@@ -95,8 +96,8 @@ def test_chosen_is_argmax_rejected_is_argmin_over_ordered_pairs(tmp_path, tok, t
         assert p.iteration == 2 and p.question == "climb 3"
     assert [p.is_final for p in pairs] == [False, False, True]
     assert [p.rejected_is_final for p in pairs] == [False, False, True]  # the bad last steps hit EOS
-    assert stats.finished == 1 and stats.pairs == 3 and stats.expansions == 3 and stats.ties == 0
-    assert stats.judge_calls == 3 * 12 and stats.parse_rate == 100.0 and stats.position_consistency == 100.0
+    assert stats.finished == 1 and stats.pairs == 3 and stats.counters.expansions == 3 and stats.counters.ties == 0
+    assert stats.counters.judge_calls == 3 * 12 and stats.parse_rate == 100.0 and stats.position_consistency == 100.0
     assert json.loads(json.dumps(stats.to_dict()))["pairs"] == 3
 
 
@@ -165,8 +166,8 @@ def test_all_equal_scores_roll_back_one_step_and_drop_its_pair(tmp_path, tok, te
     assert [(p.id, p.chosen) for p in pairs] == [("c2#1", "beta 0"), ("c2#2", "good \\boxed{2}")]
     assert pairs[1].previous_steps == ["beta 0"]
     [status] = read_jsonl(status_path(out), QuestionStatus)
-    assert (status.expansions, status.ties, status.rollbacks, status.n_steps) == (4, 1, 1, 2)
-    assert stats.rollbacks == 1 and stats.ties == 1 and stats.finished == 1
+    assert (status.counters.expansions, status.counters.ties, status.counters.rollbacks, status.n_steps) == (4, 1, 1, 2)
+    assert stats.counters.rollbacks == 1 and stats.counters.ties == 1 and stats.finished == 1
 
 
 def test_a_tie_at_the_first_step_just_resamples(tmp_path, tok, templates):
@@ -181,7 +182,7 @@ def test_a_tie_at_the_first_step_just_resamples(tmp_path, tok, templates):
     stats, out = run(tmp_path, climbs(1), ScriptedGenerator(policy=policy, judge=judge), tok, templates)
     [pair] = read_jsonl(out, PPDPair)
     assert pair.chosen == "good \\boxed{1}" and pair.previous_steps == []
-    assert (stats.ties, stats.rollbacks, stats.expansions) == (1, 0, 2)
+    assert (stats.counters.ties, stats.counters.rollbacks, stats.counters.expansions) == (1, 0, 2)
 
 
 def test_expansion_cap_stops_and_unfinished_pairs_are_dropped_by_default(tmp_path, tok, templates):
@@ -189,7 +190,7 @@ def test_expansion_cap_stops_and_unfinished_pairs_are_dropped_by_default(tmp_pat
     stats, out = run(tmp_path, climbs(3), gen, tok, templates, search=search_params(width=3, expansion_cap=5))
     assert not out.exists() or read_jsonl(out, PPDPair) == []
     [status] = read_jsonl(status_path(out), QuestionStatus)
-    assert (status.stop, status.finished, status.expansions, status.ties) == ("expansion_cap", False, 5, 5)
+    assert (status.stop, status.finished, status.counters.expansions, status.counters.ties) == ("expansion_cap", False, 5, 5)
     assert len(gen.calls) == 10 and stats.finished == 0 and stats.finished_rate == 0.0
     assert stats.position_consistency == 0.0
 
@@ -277,7 +278,7 @@ def test_no_gold_answer_can_reach_the_search(tmp_path, tok, templates):
     questions = [Question(id=p.id, question=p.question) for p in problems]
     gen = ScriptedGenerator(policy=ladder, judge=good_first)
     run(tmp_path, questions, gen, tok, templates)
-    solve_with_search(questions, gen, templates, tok, search_params(), GREEDY, seed=0, progress=False)
+    solve_with_search(questions, Policy(gen, tok, templates), search_params(), GREEDY, seed=0, progress=False)
     assert gen.prompts and not any(gold in p for p in gen.prompts)
     assert {f.name for f in dataclasses.fields(Question)} == {"id", "question"}
     for fn in (step_search, solve_with_search):
@@ -299,9 +300,116 @@ def test_bad_inputs_fail_before_any_compute(tmp_path, tok, templates):
 def test_solve_with_search_returns_full_solutions_and_writes_nothing(tmp_path, tok, templates, monkeypatch):
     monkeypatch.chdir(tmp_path)
     gen = ScriptedGenerator(policy=ladder, judge=good_first)
-    out = solve_with_search(climbs(2, 1), gen, templates, tok, search_params(), GREEDY, seed=0, progress=False)
+    out = solve_with_search(climbs(2, 1), Policy(gen, tok, templates), search_params(), GREEDY, seed=0, progress=False)
     assert out == ["Step 1: good 1\nStep 2: good 2 \\boxed{2}", "Step 1: good 1 \\boxed{1}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_lines_are_flat_objects_and_read_back_whole(tmp_path, tok, templates):
+    _, out = run(tmp_path, climbs(2), ScriptedGenerator(policy=ladder, judge=good_first), tok, templates)
+    [line] = status_path(out).read_text().splitlines()
+    counters = [f.name for f in dataclasses.fields(SearchCounters)]
+    assert list(json.loads(line)) == ["id", "finished", "stop", "n_pairs", "n_steps", *counters]
+    [status] = read_jsonl(status_path(out), QuestionStatus)
+    assert status.counters == SearchCounters(**{k: v for k, v in json.loads(line).items() if k in counters})
+    # a line written before `unanimous` was counted still reads, as 0
+    old = {k: v for k, v in json.loads(line).items() if k != "unanimous"}
+    status_path(out).write_text(json.dumps(old) + "\n")
+    [status] = read_jsonl(status_path(out), QuestionStatus)
+    assert status.counters.unanimous == 0 and status.counters.expansions == 2
+
+
+def test_stats_sum_the_status_counters_and_keep_their_summary_keys(tmp_path, tok, templates):
+    stats, out = run(tmp_path, climbs(1, 3), ScriptedGenerator(policy=ladder, judge=good_first), tok, templates)
+    statuses = read_jsonl(status_path(out), QuestionStatus)
+    assert stats.counters == statuses[0].counters + statuses[1].counters
+    assert list(stats.to_dict()) == [
+        "questions", "finished", "finished_rate", "pairs", "pairs_per_question", "expansions", "ties",
+        "unanimous", "rollbacks", "judge_calls", "judge_generations", "parse_rate", "position_consistency",
+        "candidate_tokens", "judge_tokens", "wall_time_s", "resumed",
+    ]
+    d = stats.to_dict()
+    assert (d["questions"], d["pairs"], d["expansions"], d["judge_calls"]) == (2, 4, 4, 48)
+    assert d["pairs_per_question"] == 2.0 and d["parse_rate"] == 100.0 and d["finished_rate"] == 100.0
+
+
+def test_progress_counts_finished_questions_and_resumed_ones_at_the_start(tmp_path, tok, templates):
+    seen = []
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    run(tmp_path, climbs(3, 1, 2), gen, tok, templates, on_progress=lambda *a: seen.append(a))
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    seen.clear()
+    run(tmp_path, climbs(1, 2), gen, tok, templates, name="part.jsonl")
+    run(tmp_path, climbs(1, 2, 3), gen, tok, templates, name="part.jsonl", on_progress=lambda *a: seen.append(a))
+    assert seen == [(2, 3), (3, 3)]
+
+
+def test_every_expansion_is_traced(tmp_path, tok, templates):
+    traces: list[ExpansionTrace] = []
+    gen = ScriptedGenerator(policy=ladder, judge=good_first)
+    stats, out = run(tmp_path, climbs(2), gen, tok, templates, on_expansion=traces.append)
+    assert len(traces) == stats.counters.expansions == 2
+    first, last = traces
+    assert (first.question_id, first.previous_steps, first.expansion) == ("c2", [], 1)
+    assert first.candidates[0] == "good 1" and len(first.candidates) == len(first.samples) == 4
+    assert len(first.judgments) == len(first.judge_texts) == 12
+    assert (0, 1, "A") in first.judgments and (1, 0, "B") in first.judgments  # good wins from either slot
+    assert first.wins == [6, 4, 2, 0] and (first.chosen, first.rejected) == (0, 3)
+    assert (first.outcome, first.stop, last.stop) == ("pair", "", "final")
+    assert last.previous_steps == ["good 1"] and last.finals[last.chosen]
+    [p1, p2] = read_jsonl(out, PPDPair)
+    assert [(p.chosen, p.rejected) for p in (p1, p2)] == [
+        (t.candidates[t.chosen], t.candidates[t.rejected]) for t in traces]
+
+
+def dice(q, steps, n, seed, visit):
+    """Like a sampling model, the texts depend only on (seed, prompt): step k is "roll k.0" or
+    "roll k.1" at random (repeats and unanimity happen); at k == target every step is final."""
+    target, k = int(q.split()[-1]), len(steps) + 1
+    rng = random.Random(f"{seed}|{q}|{steps}")
+    out = []
+    for _ in range(n):
+        v = rng.randrange(2)
+        out.append(f"Step {k}: roll {k}.{v}" + (f" \\boxed{{{v}}}" if k == target else f"\nStep {k + 1}:"))
+    return out
+
+
+def dice_judge(q, prev, a, b):
+    """The larger roll wins; after a step that rolled 0 it only ever names slot A (all scores tie)."""
+    if prev and prev[-1].endswith(".0"):
+        return "[[A]]"
+    return "[[A]]" if a > b else "[[B]]"
+
+
+def surviving_pairs(traces: list[ExpansionTrace]) -> list[tuple[list[str], str, str]]:
+    """The pairs a question keeps: replay the trace, a rollback dropping the last step's pair."""
+    kept: list = []
+    for t in traces:
+        if t.outcome == "rollback":
+            if t.previous_steps:
+                kept.pop()
+        else:
+            pair = (t.previous_steps, t.candidates[t.chosen], t.candidates[t.rejected]) if t.outcome == "pair" else None
+            kept.append(pair)
+    return [k for k in kept if k]
+
+
+def test_trace_search_replays_what_the_stage_did_for_one_question(tmp_path, tok, templates):
+    questions = [Question(f"d{i}", f"dice {2 + i % 4}") for i in range(12)]
+    search = search_params(width=3, max_steps=6, expansion_cap=12, keep_unfinished=True)
+    run(tmp_path, questions, ScriptedGenerator(policy=dice, judge=dice_judge), tok, templates, search=search, seed=5)
+    pairs = read_jsonl(tmp_path / "ppd.jsonl", PPDPair)
+    statuses = {s.id: s for s in read_jsonl(status_path(tmp_path / "ppd.jsonl"), QuestionStatus)}
+    outcomes: Counter = Counter()
+    for q in questions:
+        policy = Policy(ScriptedGenerator(policy=dice, judge=dice_judge), tok, templates)
+        traces = trace_search(q, policy, search, GREEDY, iteration=2, seed=5)
+        outcomes.update(t.outcome for t in traces)
+        assert len(traces) == statuses[q.id].counters.expansions and traces[-1].stop == statuses[q.id].stop
+        assert surviving_pairs(traces) == [
+            (p.previous_steps, p.chosen, p.rejected) for p in pairs if pair_question_id(p) == q.id]
+    assert outcomes["pair"] and outcomes["rollback"] and outcomes["unanimous"]  # the replay met every case
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ppd.jsonl", "ppd.status.jsonl"]  # traces write nothing here
 
 
 # ----------------------------------------------------------------------------- real tiny model
@@ -326,11 +434,11 @@ class JudgeByLength:
         self.judge_calls = 0
 
     def generate(self, prompts, **kw):
-        if prompts and _A.search(prompts[0]):
+        if prompts and SLOT_A.search(prompts[0]):
             self.judge_calls += 1
             out = []
             for p in prompts:
-                a, b = _A.search(p).group(1), _B.search(p).group(1)
+                a, b = SLOT_A.search(p).group(1), SLOT_B.search(p).group(1)
                 verdict = "[[A]]" if (len(a), a) > (len(b), b) else "[[B]]"
                 out.append([Sample(verdict, 2, "eos")])
             return out
@@ -347,8 +455,8 @@ def test_end_to_end_on_a_real_tiny_model(tmp_path, tiny, templates):
     assert isinstance(stats, SearchStats) and stats.questions == 3
     statuses = read_jsonl(status_path(out), QuestionStatus)
     assert sorted(s.id for s in statuses) == ["t0", "t1", "t2"]
-    assert stats.judge_calls == stats.expansions * 6 and 3 <= stats.expansions <= 9
-    assert stats.candidate_tokens > 0 and stats.judge_tokens > 0 and 0 <= stats.parse_rate <= 100
+    assert stats.counters.judge_calls == stats.counters.expansions * 6 and 3 <= stats.counters.expansions <= 9
+    assert stats.counters.candidate_tokens > 0 and stats.counters.judge_tokens > 0 and 0 <= stats.parse_rate <= 100
     _, again = run(tmp_path, questions, HFGenerator(model, tok, search.max_tokens_per_batch), tok, templates,
                    name="hf2.jsonl", search=search, judge=judge, seed=3)
     assert status_path(again).read_bytes() == status_path(out).read_bytes()
@@ -383,7 +491,7 @@ def test_unanimous_candidates_are_taken_without_judging_or_pair(tmp_path, tok, t
     stats, out = run(tmp_path, climbs(2), gen, tok, templates)
     [pair] = read_jsonl(out, PPDPair)
     assert pair.previous_steps == ["same"] and pair.chosen == "good \\boxed{2}"
-    assert stats.unanimous == 1 and stats.ties == 0 and stats.rollbacks == 0 and stats.finished == 1
+    assert stats.counters.unanimous == 1 and stats.counters.ties == 0 and stats.counters.rollbacks == 0 and stats.finished == 1
     assert gen.calls == [("policy", 1, 4), ("policy", 1, 4), ("judge", 12, 1)]
 
 
@@ -397,4 +505,19 @@ def test_duplicate_candidates_are_scored_once(tmp_path, tok, templates):
     stats, out = run(tmp_path, climbs(1), gen, tok, templates)
     [pair] = read_jsonl(out, PPDPair)
     assert pair.scores == [2, 0] and pair.chosen == "good \\boxed{1}" and pair.rejected == "bad"
-    assert stats.judge_calls == 2
+    assert stats.counters.judge_calls == 2
+
+
+def test_trace_search_on_a_real_tiny_model_matches_the_stage(tmp_path, tiny, templates):
+    model, tok = tiny
+    search = search_params(width=3, max_step_tokens=6, max_steps=2, expansion_cap=3, keep_unfinished=True)
+    questions = [Question(id=f"t{i}", question=f"climb {i}") for i in range(3)]
+    engine = JudgeByLength(HFGenerator(model, tok, search.max_tokens_per_batch))
+    run(tmp_path, questions, engine, tok, templates, search=search, seed=4)
+    pairs = read_jsonl(tmp_path / "ppd.jsonl", PPDPair)
+    assert len(pairs) == 6
+    for q in questions:  # alone in its batch now, with the others before
+        policy = Policy(JudgeByLength(HFGenerator(model, tok, search.max_tokens_per_batch)), tok, templates)
+        traces = trace_search(q, policy, search, GREEDY, iteration=2, seed=4)
+        assert surviving_pairs(traces) == [
+            (p.previous_steps, p.chosen, p.rejected) for p in pairs if pair_question_id(p) == q.id]

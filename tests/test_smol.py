@@ -21,6 +21,7 @@ import torch
 from psr.tools import smol
 from psr.config import ModelParams, load
 from psr.models import build_tiny_model, load_policy, load_tokenizer, resolve_model_name
+from psr.policy import Policy
 from psr.prompts import Templates, chat_prompt
 from psr.records import EFTRecord, IFTRecord, PPDPair
 from psr.train import (
@@ -241,11 +242,11 @@ def test_smol_preset_chain_sft_search_dpo_eval(smol_dir, tmp_path):
 
         # PPD(M1): the self-judged step search on 4 questions
         model, tok1 = load_policy(m1, params.model)
-        stats = step_search(task.pools[0], HFGenerator(model, tok1, params.search.max_tokens_per_batch),
-                            templates, tok1, params.search, params.judge, iteration=1, seed=0,
+        stats = step_search(task.pools[0], Policy(HFGenerator(model, tok1, params.search.max_tokens_per_batch),
+                                                  tok1, templates), params.search, params.judge, iteration=1, seed=0,
                             out_path=tmp_path / "ppd.jsonl", progress=False)
         del model
-        assert stats.questions == 4 and stats.judge_calls == stats.expansions * 2 * (2 - 1)
+        assert stats.questions == 4 and stats.counters.judge_calls == stats.counters.expansions * 2 * (2 - 1)
         assert stats.parse_rate > 0, "the judge never produced [[A]]/[[B]]"
         pairs = read_jsonl(tmp_path / "ppd.jsonl", PPDPair)
         assert stats.pairs == len(pairs) >= 1
@@ -267,8 +268,8 @@ def test_smol_preset_chain_sft_search_dpo_eval(smol_dir, tmp_path):
         # greedy evaluation of M2 on 4 GSM8K questions
         items = load_benchmark("gsm8k", params.eval.benchmark_dir, limit=params.eval.limit)
         model2, tok2 = load_policy(m2, params.model)
-        summary = evaluate("gsm8k", items, HFGenerator(model2, tok2, params.eval.max_tokens_per_batch), templates,
-                           tok2, max_new_tokens=params.eval.max_new_tokens, out_path=tmp_path / "eval.jsonl",
+        summary = evaluate("gsm8k", items, Policy(HFGenerator(model2, tok2, params.eval.max_tokens_per_batch), tok2,
+                                                  templates), max_new_tokens=params.eval.max_new_tokens, out_path=tmp_path / "eval.jsonl",
                            answer_fallback=params.eval.answer_fallback, progress=False)
         samples = read_jsonl(tmp_path / "eval.jsonl")
         assert summary.n == 4 == len(samples)

@@ -14,6 +14,7 @@ from psr.config import ConfigError, Params, PromptParams, TaskParams
 from psr.prompts import Templates, parse_score, parse_verdict
 from psr.steps import split_steps
 from psr.tasks import synthetic as syn
+from psr.tasks.data import TaskData, corpus, load_task, write_task
 
 PARAMS = TaskParams(
     min_steps=2, max_steps=4, test_max_steps=5, max_operand=50, n_ift=300, n_eft=600,
@@ -39,7 +40,7 @@ def _eq_ok(step: str) -> bool | None:
 
 
 @pytest.fixture(scope="module")
-def task() -> syn.SyntheticTask:
+def task() -> TaskData:
     return syn.build_task(PARAMS, seed=0)
 
 
@@ -49,7 +50,7 @@ def _files(d: Path) -> dict[str, bytes]:
 
 def test_same_seed_writes_identical_files_and_other_seed_differs(tmp_path):
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        syn.write_task(syn.build_task(PARAMS, seed), tmp_path / name)
+        write_task(syn.build_task(PARAMS, seed), tmp_path / name)
     a, b, c = (_files(tmp_path / n) for n in "abc")
     expected = {"ift.jsonl", "eft.jsonl", "eft_test.jsonl", "pool_1.jsonl", "pool_2.jsonl",
                 "pool_3.jsonl", "test.jsonl", "srlm_eft.jsonl"}
@@ -60,11 +61,11 @@ def test_same_seed_writes_identical_files_and_other_seed_differs(tmp_path):
 
 def test_write_load_round_trip_and_stale_pools_removed(tmp_path, task):
     bigger = syn.build_task(dataclasses.replace(PARAMS, questions_per_iteration=(5, 5, 5, 5)), 0)
-    syn.write_task(bigger, tmp_path)
+    write_task(bigger, tmp_path)
     assert (tmp_path / "pool_4.jsonl").exists()
-    syn.write_task(task, tmp_path)
+    write_task(task, tmp_path)
     assert not (tmp_path / "pool_4.jsonl").exists()
-    assert syn.load_task(tmp_path) == task
+    assert load_task(tmp_path) == task
 
 
 def test_sizes_match_params(task):
@@ -259,13 +260,13 @@ def test_oracle_judgments_for_model_written_steps():
 @pytest.mark.parametrize("style", ["paper", "compact"])
 def test_corpus_covers_prompts_and_targets(task, style):
     templates = Templates.from_params(PromptParams(style=style))
-    texts = list(syn.corpus(task, templates))
+    texts = list(corpus(task, templates))
     joined = "\n".join(texts)
     assert task.eft[0].judgment in joined and task.srlm_eft[0].judgment in joined
     assert templates.reasoning_prompt(task.pools[0][0].question) in texts
     assert "Step 1: " in joined
     assert task.eft_test[0].judgment not in joined  # held-out judgments stay out
-    both = list(syn.corpus(task, [templates, Templates.from_params(PromptParams(style="paper"))]))
+    both = list(corpus(task, [templates, Templates.from_params(PromptParams(style="paper"))]))
     assert len(both) == 2 * len(texts)
 
 

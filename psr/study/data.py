@@ -12,9 +12,9 @@ from psr.io import read_json, read_jsonl, write_json
 from psr.models import load_tokenizer, train_tokenizer
 from psr.prompts import Templates
 from psr.study.layout import Layout
+from psr.tasks.data import corpus, write_task
 from psr.tasks.real import build_real_task
 from psr.tasks.synthetic import build_task as build_synthetic
-from psr.tasks.synthetic import corpus, write_task
 
 
 def prepare_data(params, layout: Layout, log=print) -> Path:

@@ -19,7 +19,7 @@ from psr.evaluate import evaluate
 from psr.io import read_json, read_jsonl, write_json
 from psr.judge import judge_pairs_accuracy
 from psr.models import is_adapter_dir, load_policy
-from psr.prompts import chat_prompt
+from psr.policy import Policy
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
 from psr.search import step_search
 from psr.srlm import load_pairs, srlm_pairs
@@ -29,6 +29,9 @@ from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
 SUMMARY = "summary.json"
+# The preference stage (step search for PSRLM, solution scoring for SRLM) kept the id it had
+# before the SRLM arm existed: folders, notebooks and resume markers are named by it.
+PREFERENCE_STAGE = "02_step_search"
 
 
 def _tokenizer(ctx: Context):
@@ -76,6 +79,12 @@ def generator_for(ctx: Context, model_dir: Path | None = None):
     return HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
 
 
+def policy_for(ctx: Context, model_dir: Path | None = None) -> Policy:
+    """M_k as generator, judge and scorer at once (see `psr.policy`)."""
+    generator, tokenizer = generator_for(ctx, model_dir)
+    return Policy(generator, tokenizer, ctx.templates)
+
+
 def _vllm_generator(model_dir: Path, params) -> VLLMGenerator:  # pragma: no cover - GPU
     """M_k on vLLM: a full model folder, or a PEFT adapter folder served as base + LoRA (the base
     is named in its adapter_config.json)."""
@@ -101,26 +110,28 @@ def pool(ctx: Context) -> list[Question]:
 
 
 def preference_stage(ctx: Context) -> dict:
-    """PPD(M_k): the self-judged step search (PSRLM) or whole-solution self-scoring (SRLM)."""
+    """Preference data of M_k: step search for PSRLM (self-judged step pairs), solution scoring
+    for SRLM (self-scored whole solutions)."""
     p = ctx.params
-    d = ctx.stage_dir("02_step_search")
-    generator, tokenizer = generator_for(ctx)
+    d = ctx.stage_dir(PREFERENCE_STAGE)
+    policy = policy_for(ctx)
     questions = pool(ctx)
     if ctx.arm == "psrlm":
         stats = step_search(
-            questions, generator, ctx.templates, tokenizer, p.search, p.judge,
+            questions, policy, p.search, p.judge,
             iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
         )
     else:
         stats = srlm_pairs(
-            questions, generator, ctx.templates, tokenizer, p.srlm,
+            questions, policy, p.srlm,
             iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
         )
-    return _save(ctx, "02_step_search", stats.to_dict())
+    return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
 def preference_pairs(ctx: Context) -> list:
-    d = ctx.layout.stage_dir(ctx.arm, ctx.k, "02_step_search")
+    """M_k's preference pairs: `PPDPair`s (PSRLM) or `SolutionPair`s (SRLM)."""
+    d = ctx.layout.stage_dir(ctx.arm, ctx.k, PREFERENCE_STAGE)
     if ctx.arm == "psrlm":
         return read_jsonl(d / "ppd.jsonl", PPDPair) if (d / "ppd.jsonl").exists() else []
     return load_pairs(d / "srlm.jsonl")
@@ -137,9 +148,9 @@ def judging_stage(ctx: Context) -> dict:
     records = read_jsonl(source, EFTRecord)
     if p.eval.judge_limit:
         records = records[: p.eval.judge_limit]
-    generator, tokenizer = generator_for(ctx)
+    policy = policy_for(ctx)
     t0 = time.perf_counter()
-    result = judge_pairs_accuracy(records, generator, ctx.templates, tokenizer, p.judge)
+    result = judge_pairs_accuracy(records, policy, p.judge)
     result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
     return _save(ctx, "03_judging", result)
 
@@ -205,11 +216,11 @@ def evaluate_stage(ctx: Context) -> dict:
     """Greedy accuracy of M_k per benchmark, with step statistics."""
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
-    generator, tokenizer = generator_for(ctx)
+    policy = policy_for(ctx)
     out = {}
     for name in p.eval.benchmarks:
         summary = evaluate(
-            name, benchmark_items(ctx, name), generator, ctx.templates, tokenizer,
+            name, benchmark_items(ctx, name), policy,
             max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
             answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
         )
@@ -228,9 +239,9 @@ def eft_examples(ctx: Context, n: int = 3) -> list:
 def sample_solutions(ctx: Context, n: int = 3) -> list[dict]:
     """Greedy solutions of M_k for the first n test questions (a look at what the model writes)."""
     items = benchmark_items(ctx, ctx.params.eval.benchmarks[0])[:n]
-    generator, tokenizer = generator_for(ctx)
-    prompts = [chat_prompt(tokenizer, ctx.templates.reasoning_prompt(it.question)) for it in items]
-    outs = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+    policy = policy_for(ctx)
+    prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
+    outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
                               max_new_tokens=ctx.params.eval.max_new_tokens, stop=None, seed=0)
     return [{"question": it.question, "gold": it.gold, "output": o[0].text} for it, o in zip(items, outs)]
 

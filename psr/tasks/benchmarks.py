@@ -10,13 +10,13 @@ builds the same records from the Hugging Face hub for machines that can reach it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psr.grading import extract_answer
+from psr.io import RecordError, jsonl_rows
 
 Row = Mapping[str, Any]
 
@@ -30,7 +30,7 @@ class BenchmarkItem:
     gold: str
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(RecordError):
     """A benchmark file row that is not JSON or lacks a usable question or answer field."""
 
 
@@ -263,10 +263,9 @@ def load_jsonl_questions(
     path = Path(path)
     prefix = id_prefix if id_prefix is not None else path.stem
     items: list[BenchmarkItem] = []
-    for line_number, row in _read_jsonl(path):
+    for location, row in _rows(path):
         if limit is not None and len(items) >= limit:
             break
-        location = f"{path}:{line_number}"
         question = _field(row, question_field, location)
         if not isinstance(question, str) or not question.strip():
             raise BenchmarkFormatError(
@@ -277,22 +276,15 @@ def load_jsonl_questions(
     return items
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
-    """(1-based line number, object) per non-blank line."""
+def _rows(path: Path) -> Iterator[tuple[str, Row]]:
+    """(`file:line`, object) per non-blank line, read lazily; every line must parse (a
+    benchmark file is never appended to, so a torn last line is an error too)."""
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                message = f"{path}:{line_number}: not valid JSON ({error.msg})"
-                raise BenchmarkFormatError(message) from None
-            if not isinstance(row, dict):
-                raise BenchmarkFormatError(f"{path}:{line_number}: expected a JSON object")
-            yield line_number, row
+    try:
+        yield from jsonl_rows(path, drop_torn_tail=False)
+    except RecordError as error:
+        raise BenchmarkFormatError(str(error)) from None
 
 
 def _field(row: Row, field: str, location: str) -> Any:

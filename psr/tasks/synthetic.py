@@ -46,15 +46,12 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator
+from dataclasses import dataclass
 
 from psr.config import TaskParams
-from psr.io import read_jsonl, write_jsonl
-from psr.prompts import Templates
 from psr.records import EFTRecord, IFTRecord, Problem, Question, SRLMEFTRecord
 from psr.steps import join_steps
+from psr.tasks.data import TaskData
 
 ERROR_KINDS: tuple[str, ...] = ("arithmetic", "operand", "operation", "premature", "final")
 # Weights for a non-final judged step; a final step always gets `final`.
@@ -472,16 +469,6 @@ def _corrupt(rng: random.Random, chain: Chain) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # The task.
 
-@dataclass
-class SyntheticTask:
-    ift: list[IFTRecord] = field(default_factory=list)
-    eft: list[EFTRecord] = field(default_factory=list)
-    eft_test: list[EFTRecord] = field(default_factory=list)
-    pools: list[list[Question]] = field(default_factory=list)
-    test: list[Problem] = field(default_factory=list)
-    srlm_eft: list[SRLMEFTRecord] = field(default_factory=list)
-
-
 def _balanced(rng: random.Random, n: int, a, b) -> list:
     out = [a if i % 2 == 0 else b for i in range(n)]
     rng.shuffle(out)
@@ -512,7 +499,7 @@ def _srlm_records(rng: random.Random, items: list[tuple[Problem, Chain]]) -> lis
     return records
 
 
-def build_task(params: TaskParams, seed: int) -> SyntheticTask:
+def build_task(params: TaskParams, seed: int) -> TaskData:
     """All splits from one seed. Questions are distinct across every split. Each split has its own
     RNG stream and the test set is drawn first, so it depends only on the seed and the problem
     knobs, not on the sizes of the training splits."""
@@ -530,7 +517,7 @@ def build_task(params: TaskParams, seed: int) -> SyntheticTask:
     eft_rng, eft = split("eft", params.n_eft, lo, hi)
     _, ift = split("ift", params.n_ift, lo, hi)
     srlm_rng, srlm = split("srlm", params.n_srlm_eft, lo, hi)
-    return SyntheticTask(
+    return TaskData(
         ift=[IFTRecord(id=p.id, question=p.question, steps=p.steps) for p, _ in ift],
         eft=_eft_records(eft_rng, eft),
         eft_test=_eft_records(eft_test_rng, eft_test),
@@ -538,58 +525,3 @@ def build_task(params: TaskParams, seed: int) -> SyntheticTask:
         test=[p for p, _ in test],
         srlm_eft=_srlm_records(srlm_rng, srlm),
     )
-
-
-_POOL_FILE = re.compile(r"^pool_(\d+)\.jsonl$")
-
-
-def write_task(task: SyntheticTask, out_dir: str | Path) -> None:
-    """Write every split as JSON lines (atomic per file); stale pool files from a larger earlier
-    write are removed so that `load_task` reads back exactly this task."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "ift.jsonl", task.ift)
-    write_jsonl(out / "eft.jsonl", task.eft)
-    write_jsonl(out / "eft_test.jsonl", task.eft_test)
-    for i, pool in enumerate(task.pools, start=1):
-        write_jsonl(out / f"pool_{i}.jsonl", pool)
-    for path in out.iterdir():
-        m = _POOL_FILE.match(path.name)
-        if m and int(m.group(1)) > len(task.pools):
-            path.unlink()
-    write_jsonl(out / "test.jsonl", task.test)
-    write_jsonl(out / "srlm_eft.jsonl", task.srlm_eft)
-
-
-def load_task(out_dir: str | Path) -> SyntheticTask:
-    out = Path(out_dir)
-    numbers = sorted(int(m.group(1)) for p in out.glob("pool_*.jsonl") if (m := _POOL_FILE.match(p.name)))
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise FileNotFoundError(f"{out}: pool files must be pool_1..pool_N, found numbers {numbers}")
-    return SyntheticTask(
-        ift=read_jsonl(out / "ift.jsonl", IFTRecord),
-        eft=read_jsonl(out / "eft.jsonl", EFTRecord),
-        eft_test=read_jsonl(out / "eft_test.jsonl", EFTRecord),
-        pools=[read_jsonl(out / f"pool_{i}.jsonl", Question) for i in numbers],
-        test=read_jsonl(out / "test.jsonl", Problem),
-        srlm_eft=read_jsonl(out / "srlm_eft.jsonl", SRLMEFTRecord),
-    )
-
-
-def corpus(task: SyntheticTask, templates: Templates | Iterable[Templates]) -> Iterator[str]:
-    """Text for training the BPE tokenizer: prompts and targets of every training record in the
-    given template style(s), plus the pool and test *questions* (no test solutions or held-out
-    judgments; they would not change the merges much, but the tokenizer need not see them)."""
-    styles = [templates] if isinstance(templates, Templates) else list(templates)
-    for t in styles:
-        for r in task.ift:
-            yield t.reasoning_prompt(r.question) + "\n" + join_steps(r.steps)
-        for r in task.eft:
-            yield t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b) + "\n" + r.judgment
-        for r in task.srlm_eft:
-            yield t.srlm_prompt(r.question, r.response) + "\n" + r.judgment
-        for pool in task.pools:
-            for q in pool:
-                yield t.reasoning_prompt(q.question)
-        for p in task.test:
-            yield t.reasoning_prompt(p.question)

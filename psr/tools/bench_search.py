@@ -29,7 +29,8 @@ import torch
 from psr.config import JudgeParams, Params, SearchParams, load
 from psr.engines import HFGenerator, derive_seed
 from psr.judge import judge_decoding, ordered_pairs
-from psr.prompts import Templates, chat_prompt, parse_verdict
+from psr.policy import Policy
+from psr.prompts import Templates, parse_verdict
 from psr.records import Question
 from psr.search import distinct_candidates
 from psr.steps import STOP_STRING, is_final, prefix_text, strip_marker
@@ -37,15 +38,13 @@ from psr.models import build_tiny_model, train_tokenizer
 from psr.models import load_policy
 from psr.models import set_threads
 from psr.search import step_search
+from psr.tasks.data import corpus
 from psr.tasks.synthetic import build_task
-from psr.tasks.synthetic import build_task, corpus
 
 
 def naive_search(
     questions: list[Question],
-    generator: HFGenerator,
-    templates: Templates,
-    tokenizer,
+    policy: Policy,
     search: SearchParams,
     judge: JudgeParams,
     seed: int,
@@ -53,8 +52,9 @@ def naive_search(
     """The paper's pseudo-code as written: per question, per step, one call for the w candidates
     and one call per ordered pair. Returns the number of judgments made."""
     judgments = 0
+    generator, templates = policy.generator, policy.templates
     for q in questions:
-        base = chat_prompt(tokenizer, templates.reasoning_prompt(q.question))
+        base = policy.chat(templates.reasoning_prompt(q.question))
         steps: list[str] = []
         for expansion in range(search.expansion_cap):
             [samples] = generator.generate(
@@ -71,7 +71,7 @@ def naive_search(
                 continue
             wins = [0] * len(contents)
             for a, b in ordered_pairs(len(contents)):
-                prompt = chat_prompt(tokenizer, templates.judge_prompt(q.question, steps, contents[a], contents[b]))
+                prompt = policy.chat(templates.judge_prompt(q.question, steps, contents[a], contents[b]))
                 [[out]] = generator.generate(
                     [prompt], n=1, max_new_tokens=judge.max_new_tokens, stop=None, seed=seed, **judge_decoding(judge)
                 )
@@ -155,29 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     def run_engine():
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            stats = step_search(questions, generator, templates, tokenizer, search, judge,
+            stats = step_search(questions, Policy(generator, tokenizer, templates), search, judge,
                                 iteration=1, seed=args.seed, out_path=Path(tmp) / "ppd.jsonl", progress=False)
             return stats, time.perf_counter() - t0
 
     # The engine runs before and after the naive loop and its two times are averaged: this CPU's
     # speed drifts over minutes (shared memory bandwidth), and the naive loop takes minutes.
     stats, before_s = run_engine()
-    print(f"engine: {stats.judge_calls} judgments in {before_s:.1f}s = {stats.judge_calls / before_s:.1f} judged "
-          f"comparisons/s ({stats.expansions} expansions, {stats.judge_generations} judge prompts decoded, "
+    counts = stats.counters
+    print(f"engine: {counts.judge_calls} judgments in {before_s:.1f}s = {counts.judge_calls / before_s:.1f} judged "
+          f"comparisons/s ({counts.expansions} expansions, {counts.judge_generations} judge prompts decoded, "
           f"parse rate {stats.parse_rate:.0f}%)")
 
     # the naive loop calls plain `generate` (default dynamic cache, nothing shared), as a first
     # implementation would; for one row at a time that is also the faster cache here
     t0 = time.perf_counter()
-    naive_judgments = naive_search(questions, plain, templates, tokenizer, search, judge, args.seed)
+    naive_judgments = naive_search(questions, Policy(plain, tokenizer, templates), search, judge, args.seed)
     naive_s = time.perf_counter() - t0
     naive_rate = naive_judgments / naive_s
     print(f"naive:  {naive_judgments} judgments in {naive_s:.1f}s = {naive_rate:.1f} judged comparisons/s")
     again, after_s = run_engine()
-    if again.judge_calls != stats.judge_calls:
+    if again.counters.judge_calls != counts.judge_calls:
         raise RuntimeError("the engine's second run judged a different number of pairs (not deterministic)")
     engine_s = (before_s + after_s) / 2
-    engine_rate = stats.judge_calls / engine_s
+    engine_rate = counts.judge_calls / engine_s
     print(f"engine again: {after_s:.1f}s; mean of both {engine_s:.1f}s = {engine_rate:.1f} judged comparisons/s")
     print(f"speedup: {engine_rate / naive_rate:.1f}x")
     return 0

@@ -58,6 +58,7 @@ from psr import config as psr_config
 from psr.evaluate import EvalSample, evaluate
 from psr.io import read_jsonl
 from psr.models import load_model, load_policy, load_tokenizer, set_threads
+from psr.policy import Policy
 from psr.prompts import Templates
 from psr.records import PPDPair
 from psr.tasks.benchmarks import BenchmarkItem
@@ -115,7 +116,7 @@ def seed0_questions() -> dict[str, set[str]]:
     data = RUN / "data"
     out = {}
     for path in sorted(data.glob("*.jsonl")):
-        out[path.stem] = {json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()}
+        out[path.stem] = {row["question"] for row in read_jsonl(path)}
     return out
 
 
@@ -196,7 +197,7 @@ def val_eval(model_dir: Path, items, params, templates, out_path: Path) -> tuple
         out_path.unlink()
     t0 = time.perf_counter()
     summary = evaluate(
-        "synthetic-val", items, gen, templates, tokenizer, max_new_tokens=params.eval.max_new_tokens,
+        "synthetic-val", items, Policy(gen, tokenizer, templates), max_new_tokens=params.eval.max_new_tokens,
         out_path=out_path, answer_fallback=params.eval.answer_fallback,
         grading_timeout_s=params.eval.grading_timeout_s, progress=False,
     )

@@ -45,6 +45,7 @@ from psr.config import PromptParams
 from psr.engines import HFGenerator
 from psr.models import load_policy, set_threads
 from psr.models import train_tokenizer
+from psr.policy import Policy
 from psr.prompts import Templates
 from psr.prompts import chat_prompt
 from psr.records import EFTRecord, IFTRecord, PPDPair, Question
@@ -397,12 +398,13 @@ def run_check(args) -> dict[str, Any]:
             if cuda and model.device.type != "cuda":  # load_model places only 4-bit models itself
                 model.to("cuda")
             generator = HFGenerator(model, tok, params.search.max_tokens_per_batch)
-            stats = step_search(questions, generator, templates, tok, params.search, params.judge,
+            stats = step_search(questions, Policy(generator, tok, templates), params.search, params.judge,
                                 iteration=1, seed=0, out_path=out / "ppd.jsonl", progress=False)
-            r.tokens = stats.candidate_tokens + stats.judge_tokens
+            counts = stats.counters
+            r.tokens = counts.candidate_tokens + counts.judge_tokens
             r.compute_s = stats.wall_time_s
-            r.extra.update(candidates=len(questions) * args.width, judge_calls=stats.judge_calls,
-                           candidate_tokens=stats.candidate_tokens, judge_tokens=stats.judge_tokens)
+            r.extra.update(candidates=len(questions) * args.width, judge_calls=counts.judge_calls,
+                           candidate_tokens=counts.candidate_tokens, judge_tokens=counts.judge_tokens)
             del model, generator
     finally:
         if not args.keep:  # only what this check wrote: a --work-dir may hold other things

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from psr.io import RecordError, read_jsonl, write_jsonl
 from psr.records import PPDPair
 from psr.steps import STEP_MARKER, StepFormatError, is_final, prefix_text, render_step, split_steps
-from psr.tasks.real import Source
+from psr.tasks.sources import Source
 
 HEADER = "Let's think step by step.\n"
 FIELDS = ("prompt", "initial_reason_steps", "chosen", "rejected")
@@ -126,6 +126,6 @@ def import_step_dpo(path: str | Path, iteration: int = 0) -> list[PPDPair]:
 
 
 def load_step_dpo(spec: str, iteration: int = 0, cache_dir: str | None = None) -> list[PPDPair]:
-    """Any source spec of `psr.tasks.real` (e.g. `hub:xinlai/Math-Step-DPO-10K`, a parquet file)."""
+    """Any source spec of `psr.tasks.sources` (e.g. `hub:xinlai/Math-Step-DPO-10K`, a parquet file)."""
     source = Source(spec, cache_dir)
     return [from_step_dpo(row, where, iteration) for where, row in source.rows()]
