@@ -32,7 +32,6 @@ machines, QLoRA across processes.
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import importlib.util
 import json
 import os
@@ -286,7 +285,7 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     """`Params.to_dict()` back to validated Params (the same digest, so the same manifest inputs)."""
     raw = dict(raw)
     source = raw.pop("source", "")
-    return dataclasses.replace(Params().replace(raw), source=source)
+    return Params().replace(raw).model_copy(update={"source": source})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
