@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,52 @@ def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
         load(write(tmp_path, "run:\n  accelerate_config: accel.yaml\n  workers: 2\n"))
     assert "accelerate_config" in str(e.value)
     assert load(write(tmp_path, "run:\n  accelerate_config: accel.yaml\n  workers: 1\n")).run.workers == 1
+
+
+def test_tiny_digest_is_pinned():
+    """Stage keys and lineage digests hash `to_dict()`: a change here invalidates every finished run."""
+    p = load(TINY)
+    assert p.digest() == "583df77ce71925d3"
+    assert p.digest("search") == "0e21d8b6dacf4055" and p.digest("dpo") == "2542568e93205f8d"
+    data = p.to_dict()
+    assert data["source"] == str(TINY) and data["run"]["seeds"] == [0] and isinstance(data["task"]["operations"], list)
+    assert list(data) == ["run", "task", "model", "prompts", "warmup", "search", "judge", "dpo", "srlm", "eval", "source"]
+
+
+def test_types_are_strict_but_numbers_are_numbers(tmp_path):
+    p = load(write(tmp_path, "warmup:\n  learning_rate: 1e-6\n  epochs: 2\n"))
+    assert p.warmup.learning_rate == 1e-6 and isinstance(p.warmup.epochs, float)
+    for text, needle in [("search:\n  width: true\n", "search.width must be an integer, got True"),
+                         ("search:\n  width: 6.0\n", "search.width must be an integer"),
+                         ("eval:\n  benchmarks: synthetic\n", "eval.benchmarks must be a list"),
+                         ("run:\n  seeds: ['0']\n", "run.seeds[0] must be an integer"),
+                         ("judge:\n  do_sample: 1\n", "judge.do_sample must be true or false")]:
+        with pytest.raises(ConfigError) as e:
+            load(write(tmp_path, text))
+        assert needle in str(e.value)
+
+
+def test_range_errors_name_the_key_the_rule_and_the_value(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "search:\n  width: 1\n"))
+    assert str(e.value) == f"{tmp_path / 'preset.yaml'}: search.width must be >= 2 (pairwise judging needs two candidates) (got 1)"
+
+
+def test_an_unvalidated_copy_reports_its_broken_rules():
+    search = load(TINY).search
+    assert search.check() == {}
+    assert "width" in search.model_copy(update={"width": 1}).check()
+
+
+def test_a_runs_resolved_params_file_loads_to_the_same_params(tmp_path):
+    p = load(TINY, ["search.width=4"])
+    resolved = tmp_path / "params.json"
+    resolved.write_text(json.dumps({"source": str(TINY), "overrides": ["search.width=4"], "params": p.to_dict()}))
+    again = load(resolved)
+    assert again == p and again.source == str(TINY) and again.digest() == p.digest()
+    assert load(resolved, ["run.torch_threads=2"]).run.torch_threads == 2
+    with pytest.raises(ConfigError, match="search.widht"):
+        load(resolved, ["search.widht=3"])
+    resolved.write_text(json.dumps({"params": {**p.to_dict(), "search": {"width": 1}}}))
+    with pytest.raises(ConfigError, match=f"{resolved}: search.width"):
+        load(resolved)

@@ -293,7 +293,7 @@ def test_bad_inputs_fail_before_any_compute(tmp_path, tok, templates):
     with pytest.raises(ValueError, match="duplicate question id"):
         run(tmp_path, [Question("x", "climb 1"), Question("x", "climb 2")], gen, tok, templates)
     with pytest.raises(ValueError, match="width"):
-        run(tmp_path, climbs(1), gen, tok, templates, search=dataclasses.replace(search_params(), width=1))
+        run(tmp_path, climbs(1), gen, tok, templates, search=search_params().model_copy(update={"width": 1}))
     assert gen.calls == []
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from collections import Counter
@@ -60,7 +59,7 @@ def test_same_seed_writes_identical_files_and_other_seed_differs(tmp_path):
 
 
 def test_write_load_round_trip_and_stale_pools_removed(tmp_path, task):
-    bigger = syn.build_task(dataclasses.replace(PARAMS, questions_per_iteration=(5, 5, 5, 5)), 0)
+    bigger = syn.build_task(PARAMS.model_copy(update={"questions_per_iteration": (5, 5, 5, 5)}), 0)
     write_task(bigger, tmp_path)
     assert (tmp_path / "pool_4.jsonl").exists()
     write_task(task, tmp_path)
@@ -294,7 +293,7 @@ def test_make_problems_is_deterministic_distinct_and_bounded():
 ])
 def test_bad_knobs_are_rejected(overrides, key):
     with pytest.raises(ValueError, match=key):
-        syn.build_task(dataclasses.replace(TaskParams(), **overrides), 0)
+        syn.build_task(TaskParams().model_copy(update=overrides), 0)
     with pytest.raises(ConfigError, match=key):
         Params().replace({f"task.{k}": list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
 
@@ -313,7 +312,7 @@ def test_impossible_requests_fail_clearly():
         syn.make_problem(0, 2, TaskParams())  # type: ignore[arg-type]
 
 
-PLAIN = dataclasses.replace(PARAMS, wording="plain", max_operand=9, max_value=60, max_factor=3)
+PLAIN = PARAMS.model_copy(update={"wording": "plain", "max_operand": 9, "max_value": 60, "max_factor": 3})
 
 
 def _template_of(sentence: str) -> str:
@@ -353,10 +352,10 @@ def test_plain_wording_is_one_regular_sentence_per_operation():
 
 def test_varied_wording_is_the_default_and_uses_many_templates(task):
     assert TaskParams().wording == "varied"
-    assert syn.build_task(dataclasses.replace(PARAMS, wording="varied"), 0).test == task.test
+    assert syn.build_task(PARAMS.model_copy(update={"wording": "varied"}), 0).test == task.test
     op_templates = {_template_of(s) for r in task.ift for s in re.split(r"(?<=[.?]) ", r.question)[1:-1]}
     assert len(op_templates) > 6
-    plain = syn.build_task(dataclasses.replace(PARAMS, wording="plain"), 0)
+    plain = syn.build_task(PARAMS.model_copy(update={"wording": "plain"}), 0)
     mean = lambda qs: sum(len(q) for q in qs) / len(qs)  # noqa: E731
     assert mean([r.question for r in plain.ift]) < mean([r.question for r in task.ift])
 

@@ -1,7 +1,12 @@
-"""What a notebook works with: the run's params, its layout and which (seed, arm, M_k) it is."""
+"""What a notebook works with: the run's params, its layout and which (seed, arm, M_k) it is.
+
+`psr run` passes every notebook the run's resolved `params.json` (the params it validated, once);
+a notebook opened by hand names a YAML preset instead (its `parameters` cell: params/tiny.yaml).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,20 @@ from psr.io import read_json
 from psr.models import set_threads
 from psr.prompts import Templates
 from psr.study.layout import Layout, layout_for
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_params(params_path: str | Path, overrides: list[str] | None = None) -> Params:
+    """A notebook's params: a run's resolved params.json, or a preset (overrides apply on top).
+
+    JupyterLab starts a notebook's kernel in notebooks/, but the study's relative paths (the
+    preset, `results/`) are relative to the project root, where `psr run` works; so a kernel
+    that starts in notebooks/ moves to the root first."""
+    if Path.cwd().resolve() == (PROJECT_ROOT / "notebooks").resolve():
+        os.chdir(PROJECT_ROOT)
+    return load(params_path, list(overrides or []))
 
 
 @dataclass
@@ -24,8 +43,8 @@ class Context:
     seed: int
 
     @classmethod
-    def create(cls, params_path: str, overrides: list[str] | None, seed: int, arm: str, k: int) -> "Context":
-        params = load(params_path, list(overrides or []))
+    def create(cls, params_path: str | Path, overrides: list[str] | None, seed: int, arm: str, k: int) -> "Context":
+        params = load_params(params_path, overrides)
         set_threads(params.run.torch_threads)
         return cls(params=params, layout=layout_for(params, seed), arm=arm, k=k, seed=seed)
 

@@ -45,7 +45,8 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
 
     root = run_root(params)
     root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "params.json", {"source": str(params_path), "overrides": overrides, "params": params.to_dict()})
+    resolved = root / "params.json"  # what every notebook of this run reads (psr.study.context)
+    write_json(resolved, {"source": str(params_path), "overrides": overrides, "params": params.to_dict()})
     start = time.perf_counter()
     log(f"psr run {params_path} -> {root}  (arms: {', '.join(params.run.arms)}; seeds: {list(params.run.seeds)}; "
         f"M1 -> M{params.run.iterations + 1})")
@@ -54,9 +55,9 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
     kernels = WarmKernels()
     execute = functools.partial(execute_notebook, kernels=kernels)
     try:
-        run_stages(str(params_path), overrides, params, log=log, start=start, execute=execute)
+        run_stages(str(resolved), [], params, log=log, start=start, execute=execute)
         report_nb = root / "06_report.ipynb"
-        execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(params_path), "overrides": overrides},
+        execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(resolved), "overrides": []},
                 log, "06_report", start)
     finally:
         kernels.shutdown()

@@ -18,7 +18,6 @@ alike, so the work per judgment is the same."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -92,10 +91,10 @@ def naive_search(
 
 def _tiny_setup(params: Params, n_questions: int, seed: int):
     """A tokenizer trained on a small synthetic task's text, a random M0, and pool questions."""
-    task_params = dataclasses.replace(
-        params.task, n_ift=300, n_eft=300, n_eft_test=0, n_test=0, n_srlm_eft=100,
+    task_params = params.task.model_copy(update=dict(
+        n_ift=300, n_eft=300, n_eft_test=0, n_test=0, n_srlm_eft=100,
         questions_per_iteration=(max(n_questions, 1),),
-    )
+    ))
     task = build_task(task_params, seed)
     templates = Templates.from_params(params.prompts)
     tokenizer = train_tokenizer(corpus(task, templates), params.model.vocab_size)
@@ -106,10 +105,10 @@ def _tiny_setup(params: Params, n_questions: int, seed: int):
 def _model_setup(params: Params, model_dir: str, n_questions: int, seed: int):
 
     model, tokenizer = load_policy(model_dir, params.model)
-    task_params = dataclasses.replace(
-        params.task, n_ift=0, n_eft=0, n_eft_test=0, n_test=0, n_srlm_eft=0,
+    task_params = params.task.model_copy(update=dict(
+        n_ift=0, n_eft=0, n_eft_test=0, n_test=0, n_srlm_eft=0,
         questions_per_iteration=(max(n_questions, 1),),
-    )
+    ))
     return model, tokenizer, build_task(task_params, seed).pools[0][:n_questions]
 
 
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, questions = _tiny_setup(params, args.questions, args.seed)
         which = f"tiny random-weight M0 ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; outputs are noise)"
     templates = Templates.from_params(params.prompts)
-    search = dataclasses.replace(params.search, expansion_cap=args.expansions, keep_unfinished=True)
+    search = params.search.model_copy(update={"expansion_cap": args.expansions, "keep_unfinished": True})
     judge = params.judge
     generator = HFGenerator(model, tokenizer, search.max_tokens_per_batch)
     print(f"model: {which}")

@@ -297,7 +297,7 @@ def main() -> None:
         "pairs": {"train": len(examples), "train_oracle": {str(k): v for k, v in oracle_labels(pairs).items()},
                   "heldout": len(heldout_ex), "heldout_oracle": {str(k): v for k, v in oracle_labels(heldout).items()},
                   "heldout_oracle_oriented": len(ho_oracle_ex), "oracle_control_train": len(oracle_train_ex)},
-        "dpo_preset": asdict(params.dpo),
+        "dpo_preset": params.dpo.model_dump(),
         "runs": [],
     }
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1), flush=True)

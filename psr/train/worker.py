@@ -9,7 +9,6 @@ already imported runs a second copy of it (and runpy warns about that).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     """`Params.to_dict()` back to validated Params (the same digest, so the same manifest inputs)."""
     raw = dict(raw)
     source = raw.pop("source", "")
-    return dataclasses.replace(Params().replace(raw), source=source)
+    return Params().replace(raw).model_copy(update={"source": source})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
