@@ -25,6 +25,7 @@ from psr.search import step_search
 from psr.srlm import load_pairs, srlm_pairs
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
+from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
@@ -38,6 +39,17 @@ def _tokenizer(ctx: Context):
 def _save(ctx: Context, stage: str, summary: dict) -> dict:
     write_json(ctx.stage_dir(stage) / SUMMARY, summary)
     return summary
+
+
+def _progress(ctx: Context, stage: str) -> ProgressWriter:
+    """Where the stage reports how far it got, for `psr run` to show (removed when the stage ends)."""
+    return ProgressWriter(progress_path(ctx.stage_dir(stage)))
+
+
+def _training_callbacks(ctx: Context, progress: ProgressWriter) -> list | None:
+    """Training progress for the runner; none under `accelerate launch`, whose processes a
+    callback cannot reach."""
+    return None if ctx.params.run.accelerate_config else [progress.training_callback("train")]
 
 
 # ----------------------------------------------------------------------------- 01 warm-up
@@ -54,7 +66,9 @@ def warmup_stage(ctx: Context) -> dict:
         examples = srlm_sft_examples(ift, load_records(data, "srlm_eft", SRLMEFTRecord), ctx.templates, tokenizer)
     base = None if p.model.kind == "tiny" else p.model.name_or_path
     t0 = time.perf_counter()
-    out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed)
+    with _progress(ctx, "01_warmup_sft") as progress:
+        out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed,
+                         callbacks=_training_callbacks(ctx, progress))
     manifest = read_json(Path(out) / "manifest.json")
     return _save(ctx, "01_warmup_sft", {
         "model": str(out), "examples": len(examples), "data": read_json(data / "manifest.json")["counts"],
@@ -160,7 +174,9 @@ def dpo_stage(ctx: Context) -> dict:
     out_dir = ctx.layout.model_dir(ctx.arm, ctx.k + 1)
     t0 = time.perf_counter()
     if examples:
-        out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed)
+        with _progress(ctx, "04_step_dpo") as progress:
+            out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed,
+                           callbacks=_training_callbacks(ctx, progress))
     else:
         out = carry_over(ctx.model_dir, out_dir)
     manifest = read_json(Path(out) / "manifest.json")
