@@ -470,6 +470,43 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
     assert again.count("skipped") == 2 * 11 and "running" not in again.replace("06_report: running", "")
 
 
+def notebook_outputs(path: Path) -> str:
+    """Everything an executed notebook shows (markdown, HTML, text; `image` for a figure);
+    fails on a cell that raised."""
+    nb = json.loads(path.read_text())
+    shown = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path}: {out.get('ename')}: {out.get('evalue')}"
+            data = out.get("data", {})
+            shown += ["".join(data.get(k, "")) for k in ("text/markdown", "text/html", "text/plain")]
+            shown += ["image"] if "image/png" in data else []
+            shown += ["".join(out.get("text", ""))]
+    return "\n".join(shown)
+
+
+@pytest.mark.slow
+def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
+    root, _ = reference
+    for arm in ("psrlm", "srlm"):
+        warmup = notebook_outputs(root / arm / "M1" / "01_warmup_sft.ipynb")
+        assert "records per data file" in warmup and "image" in warmup  # counts and the loss curve
+        assert "**ift-" in warmup and "Step 1:" in warmup and "(gold " in warmup
+        search = notebook_outputs(root / arm / "M1" / "02_step_search.ipynb")
+        assert "search statistics" in search
+        if arm == "srlm":
+            assert "scores of the 2 solutions" in search
+        judging = notebook_outputs(root / arm / "M2" / "03_judging.ipynb")
+        assert "judged right in both orders" in judging and "judged wrong in at least one order" in judging
+        dpo = notebook_outputs(root / arm / "M1" / "04_step_dpo.ipynb")
+        assert ("**‖**" in dpo and "prompt tokens are a prefix of prompt + chosen: yes" in dpo
+                and "(as it should" in dpo and "WRONG" not in dpo) or "no preference pairs" in dpo
+        evaluation = notebook_outputs(root / arm / "M3" / "05_evaluate.ipynb")
+        assert "<th>right ✓</th><th>wrong ✗</th>" in evaluation
+    # the stages' progress files went with their stages
+    assert not list(root.rglob(".progress.json*"))
+
+
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_gives_the_same_metrics(reference, tmp_path):
     ref_root, _ = reference

@@ -16,10 +16,11 @@ from pathlib import Path
 from psr import lineage
 from psr.engines import HFGenerator, VLLMGenerator
 from psr.evaluate import evaluate
+from psr.grading import extract_answer, is_equiv
 from psr.io import read_json, read_jsonl, write_json
-from psr.judge import judge_pairs_accuracy
+from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import is_adapter_dir, load_policy
-from psr.prompts import chat_prompt
+from psr.prompts import chat_prompt, parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
 from psr.search import step_search
 from psr.srlm import load_pairs, srlm_pairs
@@ -81,7 +82,9 @@ def warmup_stage(ctx: Context) -> dict:
 
 
 def generator_for(ctx: Context, model_dir: Path | None = None):
-    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks)."""
+    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks), with its
+    tokenizer. A notebook opens it once and passes it to its stage and its display cells (`model`),
+    so M_k is loaded once per stage."""
     p = ctx.params
     model_dir = model_dir or ctx.model_dir
     if p.search.backend == "vllm":
@@ -114,11 +117,12 @@ def pool(ctx: Context) -> list[Question]:
 # ----------------------------------------------------------------------------- 02 preferences
 
 
-def preference_stage(ctx: Context) -> dict:
-    """PPD(M_k): the self-judged step search (PSRLM) or whole-solution self-scoring (SRLM)."""
+def preference_stage(ctx: Context, model=None) -> dict:
+    """PPD(M_k): the self-judged step search (PSRLM) or whole-solution self-scoring (SRLM).
+    `model`: `generator_for(ctx)` opened already (else opened here)."""
     p = ctx.params
     d = ctx.stage_dir("02_step_search")
-    generator, tokenizer = generator_for(ctx)
+    generator, tokenizer = model or generator_for(ctx)
     questions = pool(ctx)
     if ctx.arm == "psrlm":
         stats = step_search(
@@ -143,15 +147,20 @@ def preference_pairs(ctx: Context) -> list:
 # ----------------------------------------------------------------------------- 03 judging
 
 
-def judging_stage(ctx: Context) -> dict:
-    """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
-    parse rate (the paper's Table 3 analogue)."""
+def judge_records(ctx: Context) -> tuple[Path, list[EFTRecord]]:
+    """The held-out step pairs M_k is judged on, and the file they come from."""
     p = ctx.params
     source = Path(p.eval.judge_pairs) if p.eval.judge_pairs else ctx.layout.data_dir / "eft_test.jsonl"
     records = read_jsonl(source, EFTRecord)
-    if p.eval.judge_limit:
-        records = records[: p.eval.judge_limit]
-    generator, tokenizer = generator_for(ctx)
+    return source, records[: p.eval.judge_limit] if p.eval.judge_limit else records
+
+
+def judging_stage(ctx: Context, model=None) -> dict:
+    """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
+    parse rate (the paper's Table 3 analogue). `model`: see `preference_stage`."""
+    p = ctx.params
+    source, records = judge_records(ctx)
+    generator, tokenizer = model or generator_for(ctx)
     t0 = time.perf_counter()
     result = judge_pairs_accuracy(records, generator, ctx.templates, tokenizer, p.judge)
     result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
@@ -217,11 +226,11 @@ def benchmark_items(ctx: Context, name: str):
     return load_benchmark(name, data_dir, limit=p.eval.limit or None)
 
 
-def evaluate_stage(ctx: Context) -> dict:
-    """Greedy accuracy of M_k per benchmark, with step statistics."""
+def evaluate_stage(ctx: Context, model=None) -> dict:
+    """Greedy accuracy of M_k per benchmark, with step statistics. `model`: see `preference_stage`."""
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
-    generator, tokenizer = generator_for(ctx)
+    generator, tokenizer = model or generator_for(ctx)
     out = {}
     for name in p.eval.benchmarks:
         summary = evaluate(
@@ -234,6 +243,12 @@ def evaluate_stage(ctx: Context) -> dict:
 
 
 # ----------------------------------------------------------------------------- for display
+# Cheap looks at a stage's own data for its notebook: they read what the stage wrote, or decode a
+# handful of prompts with the model the stage used; nothing here feeds a later stage.
+
+
+def ift_examples(ctx: Context, n: int = 2) -> list[IFTRecord]:
+    return load_records(ctx.layout.data_dir, "ift", IFTRecord)[:n]
 
 
 def eft_examples(ctx: Context, n: int = 3) -> list:
@@ -241,18 +256,84 @@ def eft_examples(ctx: Context, n: int = 3) -> list:
     return load_records(ctx.layout.data_dir, name, rtype)[:n]
 
 
-def sample_solutions(ctx: Context, n: int = 3) -> list[dict]:
-    """Greedy solutions of M_k for the first n test questions (a look at what the model writes)."""
-    items = benchmark_items(ctx, ctx.params.eval.benchmarks[0])[:n]
-    generator, tokenizer = generator_for(ctx)
+def sample_solutions(ctx: Context, n: int = 3, model=None) -> list[dict]:
+    """Greedy solutions of M_k for the first n test questions (a look at what the model writes),
+    graded like the evaluation grades them."""
+    p = ctx.params
+    items = benchmark_items(ctx, p.eval.benchmarks[0])[:n]
+    generator, tokenizer = model or generator_for(ctx)
     prompts = [chat_prompt(tokenizer, ctx.templates.reasoning_prompt(it.question)) for it in items]
     outs = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                              max_new_tokens=ctx.params.eval.max_new_tokens, stop=None, seed=0)
-    return [{"question": it.question, "gold": it.gold, "output": o[0].text} for it, o in zip(items, outs)]
+                              max_new_tokens=p.eval.max_new_tokens, stop=None, seed=0)
+    rows = []
+    for it, o in zip(items, outs):
+        answer = extract_answer(o[0].text, fallback=p.eval.answer_fallback)
+        correct = answer is not None and is_equiv(answer, it.gold, timeout=p.eval.grading_timeout_s)
+        rows.append({"question": it.question, "gold": it.gold, "output": o[0].text, "extracted": answer,
+                     "correct": bool(correct)})
+    return rows
+
+
+def srlm_examples(ctx: Context) -> list[dict]:
+    """From the SRLM arm's srlm.jsonl: the first question whose scores gave a pair and the first
+    whose scores tied (no pair), with the question's text."""
+    path = ctx.layout.stage_dir(ctx.arm, ctx.k, "02_step_search") / "srlm.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    texts = {q.id: q.question for q in pool(ctx)}
+    picked = [r for r in rows if r["pair"]][:1] + [r for r in rows if not r["pair"]][:1]
+    return [dict(r, question=texts.get(r["id"], "")) for r in picked]
+
+
+def judged_examples(ctx: Context, n: int = 12, model=None) -> list[dict]:
+    """The first n held-out pairs judged again by M_k in both orders, as the judging stage judges
+    them (same prompts, greedy or as the preset says), with each verdict and whether it is right."""
+    _, records = judge_records(ctx)
+    records = records[:n]
+    generator, tokenizer = model or generator_for(ctx)
+    t = ctx.templates
+    prompts = []
+    for r in records:
+        prompts.append(chat_prompt(tokenizer, t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
+        prompts.append(chat_prompt(tokenizer, t.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
+    samples = run_judge_prompts(prompts, generator, ctx.params.judge, seed=0)
+    rows = []
+    for i, r in enumerate(records):
+        given, swapped = parse_verdict(samples[2 * i].text), parse_verdict(samples[2 * i + 1].text)
+        rows.append({
+            "record": r, "given": given, "swapped": swapped,
+            "given_text": samples[2 * i].text, "swapped_text": samples[2 * i + 1].text,
+            "right": [given == r.verdict, swapped == ("B" if r.verdict == "A" else "A")],
+        })
+    return rows
+
+
+def dpo_example(ctx: Context, index: int = 0) -> dict | None:
+    """One preference pair of this stage as DPO sees it: the pair, its (prompt, chosen, rejected)
+    example and the tokenizer that cuts them into tokens; None without pairs."""
+    pairs = preference_pairs(ctx)
+    if not pairs:
+        return None
+    pair = pairs[min(index, len(pairs) - 1)]
+    tokenizer = _tokenizer(ctx)
+    build = step_dpo_examples if ctx.arm == "psrlm" else solution_dpo_examples
+    final = (pair.is_final, pair.rejected_is_final) if ctx.arm == "psrlm" else (True, True)
+    return {"pair": pair, "example": build([pair], ctx.templates, tokenizer)[0], "tokenizer": tokenizer,
+            "final": final}
 
 
 def eval_samples(ctx: Context, n: int = 3) -> list[dict]:
     """The first n evaluated samples of the first benchmark, as written by evaluate_stage."""
-    name = ctx.params.eval.benchmarks[0]
+    return eval_rows(ctx)[:n]
+
+
+def eval_rows(ctx: Context, name: str | None = None) -> list[dict]:
+    """Every evaluated sample of one benchmark (default: the first), as written by evaluate_stage."""
+    name = name or ctx.params.eval.benchmarks[0]
     path = ctx.layout.stage_dir(ctx.arm, ctx.k, "05_evaluate") / f"{name}.jsonl"
-    return read_jsonl(path)[:n] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
+
+
+def right_and_wrong(ctx: Context, name: str | None = None, n: int = 2) -> tuple[list[dict], list[dict]]:
+    """The first n right and the first n wrong evaluated samples of a benchmark."""
+    rows = eval_rows(ctx, name)
+    return [r for r in rows if r["correct"]][:n], [r for r in rows if not r["correct"]][:n]
