@@ -496,6 +496,8 @@ def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
         assert "search statistics" in search
         if arm == "srlm":
             assert "scores of the 2 solutions" in search
+        else:  # one question's search tree
+            assert "#### Expansion 1: step 1, " in search and " expansions: " in search
         judging = notebook_outputs(root / arm / "M2" / "03_judging.ipynb")
         assert "judged right in both orders" in judging and "judged wrong in at least one order" in judging
         dpo = notebook_outputs(root / arm / "M1" / "04_step_dpo.ipynb")

@@ -20,9 +20,10 @@ from psr.grading import extract_answer, is_equiv
 from psr.io import read_json, read_jsonl, write_json
 from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import is_adapter_dir, load_policy
+from psr.policy import Policy
 from psr.prompts import chat_prompt, parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
-from psr.search import step_search
+from psr.search import step_search, trace_search
 from psr.srlm import load_pairs, srlm_pairs
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
@@ -124,16 +125,19 @@ def preference_stage(ctx: Context, model=None) -> dict:
     d = ctx.stage_dir("02_step_search")
     generator, tokenizer = model or generator_for(ctx)
     questions = pool(ctx)
-    if ctx.arm == "psrlm":
-        stats = step_search(
-            questions, generator, ctx.templates, tokenizer, p.search, p.judge,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
-        )
-    else:
-        stats = srlm_pairs(
-            questions, generator, ctx.templates, tokenizer, p.srlm,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
-        )
+    with _progress(ctx, "02_step_search") as progress:
+        if ctx.arm == "psrlm":
+            stats = step_search(
+                questions, generator, ctx.templates, tokenizer, p.search, p.judge,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
+                on_progress=progress.begin("search", "questions"),
+            )
+        else:
+            stats = srlm_pairs(
+                questions, generator, ctx.templates, tokenizer, p.srlm,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
+                on_progress=progress.begin("score", "questions"),
+            )
     return _save(ctx, "02_step_search", stats.to_dict())
 
 
@@ -162,7 +166,9 @@ def judging_stage(ctx: Context, model=None) -> dict:
     source, records = judge_records(ctx)
     generator, tokenizer = model or generator_for(ctx)
     t0 = time.perf_counter()
-    result = judge_pairs_accuracy(records, generator, ctx.templates, tokenizer, p.judge)
+    with _progress(ctx, "03_judging") as progress:
+        result = judge_pairs_accuracy(records, generator, ctx.templates, tokenizer, p.judge,
+                                      on_progress=progress.begin("judge", "pairs"))
     result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
     return _save(ctx, "03_judging", result)
 
@@ -232,13 +238,15 @@ def evaluate_stage(ctx: Context, model=None) -> dict:
     d = ctx.stage_dir("05_evaluate")
     generator, tokenizer = model or generator_for(ctx)
     out = {}
-    for name in p.eval.benchmarks:
-        summary = evaluate(
-            name, benchmark_items(ctx, name), generator, ctx.templates, tokenizer,
-            max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
-            answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
-        )
-        out[name] = summary.to_dict()
+    with _progress(ctx, "05_evaluate") as progress:
+        for name in p.eval.benchmarks:
+            summary = evaluate(
+                name, benchmark_items(ctx, name), generator, ctx.templates, tokenizer,
+                max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
+                answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
+                on_progress=progress.begin(f"eval {name}", "questions"),
+            )
+            out[name] = summary.to_dict()
     return _save(ctx, "05_evaluate", out)
 
 
@@ -272,6 +280,16 @@ def sample_solutions(ctx: Context, n: int = 3, model=None) -> list[dict]:
         rows.append({"question": it.question, "gold": it.gold, "output": o[0].text, "extracted": answer,
                      "correct": bool(correct)})
     return rows
+
+
+def trace_one(ctx: Context, model=None, index: int = 0) -> tuple[Question, list]:
+    """One pool question's search replayed expansion by expansion (`psr.search.trace_search`, the
+    stage's iteration and seed), for the notebook to show; it writes nothing."""
+    generator, tokenizer = model or generator_for(ctx)
+    question = pool(ctx)[index]
+    policy = Policy(generator, tokenizer, ctx.templates)
+    p = ctx.params
+    return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed)
 
 
 def srlm_examples(ctx: Context) -> list[dict]:
