@@ -1,9 +1,10 @@
 """The study runner.
 
-Fast: the stage graph and its scheduler, with a fake notebook executor that records when each
-stage starts and ends: dependencies hold, at most `run.workers` stages run at once, the critical
-path (01/02/04) goes first, judging/evaluation of M_k run beside the making of M_k+1, and the first
-failure starts no new stage.
+Fast: the stage graph and its scheduler, event-driven (no sleeps): `run_graph` on small graphs,
+and the runner with a fake notebook executor whose stages end when a virtual clock says so:
+dependencies hold, at most `run.workers` stages run at once, the critical path (01/02/04) goes
+first, judging/evaluation of M_k run beside the making of M_k+1, the first failure starts no new
+stage, and each running stage's progress file is watched and cleaned up.
 
 Slow: the whole study through papermill at smoke size: both arms, K = 2, every notebook executed;
 and a run killed with SIGKILL in the middle of a stage resumes and ends with the same
@@ -18,14 +19,18 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from psr.config import load
+from psr.study import graph as graph_module
 from psr.study.graph import Task, dependencies, plan, run_graph, study_graph
+from psr.study.keys import stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
 from psr.study.layout import layout_for
+from psr.study.progress import PROGRESS_FILE, ProgressBoard, ProgressWriter, progress_path, read_progress
 from psr.study.runner import run_stages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +77,12 @@ def comparable(metrics: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- scheduling (fast)
+#
+# No test here sleeps or depends on how fast a thread runs: stages end only when the test says
+# so, and the test waits (with generous timeouts that only bound a failure) for the scheduler to
+# take each end into account before it ends the next stage.
+
+SETTLE_S = 60.0  # how long to wait for the scheduler before calling it stuck
 
 
 def tiny_params(tmp_path, *overrides):
@@ -79,31 +90,55 @@ def tiny_params(tmp_path, *overrides):
                 [f"run.results_dir={tmp_path}", "run.name=sched", "run.iterations=2", *overrides])
 
 
+@pytest.fixture
+def settled(monkeypatch):
+    """Calls `settled.hooks` with (node, exception or None) once the scheduler can see that a
+    node's `run_one` returned: from its future's done-callback, which runs after the future's
+    waiters (the scheduler's `wait`) were notified. A test that ends the next stage only after
+    this knows the scheduler will see the two ends in that order."""
+    hooks: list = []
+
+    class ObservedPool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            future = super().submit(fn, *args, **kwargs)
+            future.add_done_callback(lambda f, node=args[0]: [h(node, f.exception()) for h in hooks])
+            return future
+
+    monkeypatch.setattr(graph_module, "ThreadPoolExecutor", ObservedPool)
+    return hooks
+
+
 class FakeNotebooks:
     """Stands in for papermill: records ("start"/"end"/"fail", (arm, stage, k)) in the order they
-    happen and sleeps `seconds[(arm, stage)]` or `seconds[stage]` in between; raises StageFailed
-    for the stage `fail`."""
+    happen and raises StageFailed for the stage `fail`. Undriven, a stage ends at once; driven
+    (by `Simulation`), a started stage waits until the simulation releases it."""
 
-    def __init__(self, seconds: dict | None = None, fail: tuple[str, str, int] | None = None):
-        self.seconds = seconds or {}
+    def __init__(self, fail: tuple[str, str, int] | None = None):
         self.fail = fail
         self.events: list[tuple[str, tuple[str, str, int]]] = []
-        self._lock = threading.Lock()
-
-    def _record(self, event: str, name: tuple[str, str, int]) -> None:
-        with self._lock:
-            self.events.append((event, name))
+        self.cv = threading.Condition()
+        self.driven = False
+        self.running: dict[Task, int] = {}  # started and not yet released, in start order
+        self.released: set[Task] = set()
+        self._starts = 0
 
     def __call__(self, src, dst, parameters, log, tag, start) -> None:
-        name = (parameters["arm"], Path(src).stem, parameters["k"])
-        self._record("start", name)
-        time.sleep(self.seconds.get(name[:2], self.seconds.get(name[1], 0.0)))
-        if name == self.fail:
-            self._record("fail", name)
-            raise StageFailed(f"{tag} failed: RuntimeError; see the executed notebook {dst}")
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        Path(dst).write_text("{}")
-        self._record("end", name)
+        task = Task(parameters["seed"], parameters["arm"], Path(src).stem, parameters["k"])
+        name = (task.arm, task.stage, task.k)
+        with self.cv:
+            self.events.append(("start", name))
+            self.running[task] = self._starts
+            self._starts += 1
+            self.cv.notify_all()
+            if self.driven:
+                assert self.cv.wait_for(lambda: task in self.released, timeout=SETTLE_S), f"{name} never released"
+            del self.running[task]
+            if name == self.fail:
+                self.events.append(("fail", name))
+                raise StageFailed(f"{tag} failed: RuntimeError; see the executed notebook {dst}")
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            Path(dst).write_text("{}")
+            self.events.append(("end", name))
 
     def index(self, event: str, arm: str, stage: str, k: int) -> int:
         return self.events.index((event, (arm, stage, k)))
@@ -117,6 +152,75 @@ class FakeNotebooks:
             running += 1 if event == "start" else -1
             most = max(most, running)
         return most
+
+
+class Simulation:
+    """`run_stages` against driven FakeNotebooks on a virtual clock: each stage lasts
+    `seconds[(arm, stage)]` or `seconds[stage]` virtual seconds (default 1). Whenever the scheduler
+    has settled (it runs `workers` stages, or no stage is ready, or one failed), the running stage
+    with the earliest virtual end is released, and the next step waits until the scheduler has
+    seen that end. The order of events is then what those durations imply, on any machine."""
+
+    def __init__(self, params, fake: FakeNotebooks, seconds: dict, settled_hooks: list):
+        self.params, self.fake, self.seconds = params, fake, seconds
+        self.graph = study_graph(params)
+        self.ok: set[Task] = set()
+        self.failures: set[Task] = set()
+        self.finished = False
+        self.error: BaseException | None = None
+        self.lines: list[str] = []
+        fake.driven = True
+        settled_hooks.append(self._settled)
+
+    def _settled(self, task: Task, error: BaseException | None) -> None:
+        with self.fake.cv:
+            (self.ok if error is None else self.failures).add(task)
+            self.fake.cv.notify_all()
+
+    def _quiet(self) -> bool:
+        if self.finished or self.failures:
+            return True
+        started = {Task(self.params.run.seeds[0], a, s, k) for _, (a, s, k) in self.fake.events}
+        busy = started - self.ok
+        ready = [t for t, deps in self.graph.items() if t not in started and all(d in self.ok for d in deps)]
+        return len(busy) == self.params.run.workers or not ready
+
+    def duration(self, task: Task) -> float:
+        return self.seconds.get((task.arm, task.stage), self.seconds.get(task.stage, 1.0))
+
+    def run(self) -> list[str]:
+        def target() -> None:
+            try:
+                run_stages("params/tiny.yaml", [], self.params, log=self.lines.append, execute=self.fake)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+                self.error = e
+            finally:
+                with self.fake.cv:
+                    self.finished = True
+                    self.fake.cv.notify_all()
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        now, ends = 0.0, {}
+        cv = self.fake.cv
+        with cv:
+            while True:
+                assert cv.wait_for(lambda: self._quiet() and (self.finished or self.fake.running), SETTLE_S), \
+                    f"scheduler stuck; events so far: {self.fake.events[-6:]}"
+                if self.finished:
+                    break
+                for task in self.fake.running:
+                    ends.setdefault(task, now + self.duration(task))
+                task = min(self.fake.running, key=lambda t: (ends[t], self.fake.running[t]))
+                now = ends[task]
+                self.fake.released.add(task)
+                cv.notify_all()
+                assert cv.wait_for(lambda: task in self.ok or task in self.failures, SETTLE_S), \
+                    f"{task} never ended"
+        thread.join(SETTLE_S)
+        if self.error is not None:
+            raise self.error
+        return self.lines
 
 
 def run_fake(params, fake: FakeNotebooks) -> list[str]:
@@ -147,6 +251,8 @@ def test_run_graph_rejects_bad_graphs_before_running_anything():
     ran = []
     with pytest.raises(ValueError):  # graphlib.CycleError
         run_graph({"a": ("b",), "b": ("a",)}, ran.append, 2)
+    with pytest.raises(ValueError):
+        run_graph({"a": ("b",), "b": ("c",), "c": ("a",), "d": ()}, ran.append, 2)
     with pytest.raises(ValueError, match="outside the graph"):
         run_graph({"a": ("z",)}, ran.append, 2)
     with pytest.raises(ValueError, match="workers"):
@@ -154,13 +260,79 @@ def test_run_graph_rejects_bad_graphs_before_running_anything():
     assert ran == []
 
 
-def test_dependencies_hold_workers_bound_and_a_rerun_skips_everything(tmp_path):
+def test_run_graph_runs_exactly_workers_nodes_at_a_time():
+    workers = 3
+    meet = threading.Barrier(workers, timeout=SETTLE_S)  # breaks unless `workers` nodes run together
+    lock = threading.Lock()
+    running, most, ran = [0], [0], []
+
+    def run_one(node: int) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            ran.append(node)
+        meet.wait()
+        with lock:
+            running[0] -= 1
+
+    run_graph({i: () for i in range(2 * workers)}, run_one, workers)
+    assert most[0] == workers and sorted(ran) == list(range(2 * workers))
+
+
+def test_run_graph_starts_the_ready_node_of_smallest_rank_first():
+    graph = {"a": (), "b": (), "c": (), "d": ("a",), "e": ("a",)}
+    rank = {"a": 3, "b": 5, "c": 4, "d": 0, "e": 9}
+    order: list[str] = []
+    run_graph(graph, order.append, 1, order=rank.__getitem__)
+    # a first (the smallest rank ready); then d jumps ahead of the waiting c and b
+    assert order == ["a", "d", "c", "b", "e"]
+    order.clear()
+    run_graph(graph, order.append, 1)  # default: the graph's own order among the ready
+    assert order == ["a", "b", "c", "d", "e"]
+
+
+def test_run_graph_first_failure_starts_nothing_new_lets_running_nodes_finish_and_is_raised(settled):
+    events: list[str] = []
+    b_started, a_seen = threading.Event(), threading.Event()
+    settled.append(lambda node, error: a_seen.set() if node == "a" else None)
+
+    def run_one(node: str) -> None:
+        events.append(f"start {node}")
+        if node == "a":
+            assert b_started.wait(SETTLE_S)
+            raise RuntimeError("a failed")
+        b_started.set()
+        assert a_seen.wait(SETTLE_S)  # the scheduler sees a's failure no later than b's end
+        events.append(f"end {node}")
+
+    # c is ready all along and d once b ends; only a failure-blind scheduler would start them
+    with pytest.raises(RuntimeError, match="a failed"):
+        run_graph({"a": (), "b": (), "c": (), "d": ("b",)}, run_one, 2)
+    assert sorted(events[:2]) == ["start a", "start b"] and events[2:] == ["end b"]
+
+
+def test_run_graph_tells_a_node_when_it_runs_alone():
+    seen: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def run_one(node: str, alone: bool) -> None:
+        with lock:
+            seen[node] = alone
+
+    # a and b start together (neither alone); c waits for both, then runs alone
+    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=2, tell_alone=True)
+    assert seen == {"a": False, "b": False, "c": True}
+    seen.clear()
+    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=1, tell_alone=True)
+    assert seen == {"a": False, "b": True, "c": True}  # a starts while b is ready and waiting
+
+
+def test_dependencies_hold_workers_bound_and_a_rerun_skips_everything(tmp_path, settled):
     params = tiny_params(tmp_path)  # both arms, run.workers = 2 (the default)
     assert params.run.workers == 2
-    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.04, "03_judging": 0.02, "04_step_dpo": 0.01,
-               "05_evaluate": 0.03}
-    fake = FakeNotebooks(seconds)
-    lines = run_fake(params, fake)
+    seconds = {"01_warmup_sft": 5, "02_step_search": 4, "03_judging": 2, "04_step_dpo": 1, "05_evaluate": 3}
+    fake = FakeNotebooks()
+    Simulation(params, fake, seconds, settled).run()
     graph = study_graph(params)
     started = fake.started()
     assert sorted(started) == sorted((t.arm, t.stage, t.k) for t in graph)  # each stage once
@@ -187,12 +359,11 @@ def test_one_worker_runs_the_critical_path_first(tmp_path):
         ("03", 1), ("05", 1), ("03", 2), ("05", 2), ("03", 3), ("05", 3)]
 
 
-def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_path):
+def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_path, settled):
     # one chain: the old per-chain loop ran it strictly in sequence on one worker
-    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.3, "03_judging": 0.6, "04_step_dpo": 0.05,
-               "05_evaluate": 0.6}
-    fake = FakeNotebooks(seconds)
-    run_fake(tiny_params(tmp_path, "run.arms=[psrlm]"), fake)
+    seconds = {"01_warmup_sft": 1, "02_step_search": 6, "03_judging": 12, "04_step_dpo": 1, "05_evaluate": 12}
+    fake = FakeNotebooks()
+    Simulation(tiny_params(tmp_path, "run.arms=[psrlm]"), fake, seconds, settled).run()
     assert fake.max_running() == 2
 
     def overlap(a, b):
@@ -207,13 +378,13 @@ def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_p
         assert fake.events[fake.index("end", *a) + 1] == ("start", b)
 
 
-def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(tmp_path):
+def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(tmp_path, settled):
     params = tiny_params(tmp_path)
     # the SRLM warm-up is still running when the PSRLM search fails
-    seconds = {"01_warmup_sft": 0.05, "02_step_search": 0.05, ("srlm", "01_warmup_sft"): 0.6}
-    fake = FakeNotebooks(seconds, fail=("psrlm", "02_step_search", 1))
+    seconds = {"01_warmup_sft": 1, "02_step_search": 1, ("srlm", "01_warmup_sft"): 12}
+    fake = FakeNotebooks(fail=("psrlm", "02_step_search", 1))
     with pytest.raises(StageFailed, match=r"\[psrlm\] 02_step_search M1 failed.*executed notebook"):
-        run_fake(params, fake)
+        Simulation(params, fake, seconds, settled).run()
     failed_at = fake.events.index(("fail", ("psrlm", "02_step_search", 1)))
     assert fake.events[failed_at + 1:] == [("end", ("srlm", "01_warmup_sft", 1))]
     layout = layout_for(params, 0)
@@ -226,6 +397,38 @@ def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(
     assert sorted(line for line in lines if "skipped" in line) == [
         "[psrlm] 01_warmup_sft M1: done already, skipped", "[srlm] 01_warmup_sft M1: done already, skipped"]
     assert len(rerun.started()) == 2 * 11 - 2
+
+
+def test_the_runner_clears_stale_progress_and_watches_each_running_stage(tmp_path):
+    params = tiny_params(tmp_path, "run.arms=[psrlm]", "run.iterations=1", "run.workers=1")
+    layout = layout_for(params, 0)
+    # a killed run's search left its partial files, kept for the resume, and its last progress
+    search_dir = layout.stage_dir("psrlm", 1, "02_step_search")
+    search_dir.mkdir(parents=True)
+    (search_dir / ".key").write_text(stage_key(params, 0, "psrlm", "02_step_search", 1))
+    progress_path(search_dir).write_text('{"phase": "search", "done": 3, "total": 4}')
+    seen: list[tuple] = []
+
+    class Board(ProgressBoard):
+        def add(self, tag, stage_dir):
+            seen.append(("add", tag, read_progress(progress_path(stage_dir))))
+            super().add(tag, stage_dir)
+
+        def remove(self, tag):
+            seen.append(("remove", tag))
+            super().remove(tag)
+
+    def execute(src, dst, parameters, log, tag, start):
+        stage_dir = layout.stage_dir(parameters["arm"], parameters["k"], Path(src).stem)
+        ProgressWriter(progress_path(stage_dir)).begin("work")(1, 2)  # and never cleaned up
+        Path(dst).write_text("{}")
+
+    run_stages("params/tiny.yaml", [], params, log=lambda m: None, execute=execute, board=Board())
+    tags = [e[1] for e in seen[::2]]
+    assert sorted(t.split(" (")[0] for t in tags) == sorted(f"[psrlm] {s} M{k}" for s, k in plan(params))
+    # one stage at a time: each watched from its start (with no stale file) to its end
+    assert seen == [e for tag in tags for e in (("add", tag, None), ("remove", tag))]
+    assert not list(tmp_path.rglob(PROGRESS_FILE))  # nothing left that a later run could show
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +468,45 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
     # a second run finds every stage done and only rewrites the report
     again = finish(psr_run(root.parent, "ref"))
     assert again.count("skipped") == 2 * 11 and "running" not in again.replace("06_report: running", "")
+
+
+def notebook_outputs(path: Path) -> str:
+    """Everything an executed notebook shows (markdown, HTML, text; `image` for a figure);
+    fails on a cell that raised."""
+    nb = json.loads(path.read_text())
+    shown = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path}: {out.get('ename')}: {out.get('evalue')}"
+            data = out.get("data", {})
+            shown += ["".join(data.get(k, "")) for k in ("text/markdown", "text/html", "text/plain")]
+            shown += ["image"] if "image/png" in data else []
+            shown += ["".join(out.get("text", ""))]
+    return "\n".join(shown)
+
+
+@pytest.mark.slow
+def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
+    root, _ = reference
+    for arm in ("psrlm", "srlm"):
+        warmup = notebook_outputs(root / arm / "M1" / "01_warmup_sft.ipynb")
+        assert "records per data file" in warmup and "image" in warmup  # counts and the loss curve
+        assert "**ift-" in warmup and "Step 1:" in warmup and "(gold " in warmup
+        search = notebook_outputs(root / arm / "M1" / "02_step_search.ipynb")
+        assert "search statistics" in search
+        if arm == "srlm":
+            assert "scores of the 2 solutions" in search
+        else:  # one question's search tree
+            assert "#### Expansion 1: step 1, " in search and " expansions: " in search
+        judging = notebook_outputs(root / arm / "M2" / "03_judging.ipynb")
+        assert "judged right in both orders" in judging and "judged wrong in at least one order" in judging
+        dpo = notebook_outputs(root / arm / "M1" / "04_step_dpo.ipynb")
+        assert ("**‖**" in dpo and "prompt tokens are a prefix of prompt + chosen: yes" in dpo
+                and "(as it should" in dpo and "WRONG" not in dpo) or "no preference pairs" in dpo
+        evaluation = notebook_outputs(root / arm / "M3" / "05_evaluate.ipynb")
+        assert "<th>right ✓</th><th>wrong ✗</th>" in evaluation
+    # the stages' progress files went with their stages
+    assert not list(root.rglob(".progress.json*"))
 
 
 @pytest.mark.slow
@@ -313,20 +555,3 @@ def test_warm_kernels_are_reused_with_a_clean_namespace_and_replaced_after_a_fai
         assert pid_of(3) != first  # a failed stage's kernel is not reused
     finally:
         kernels.shutdown()
-
-
-def test_run_graph_tells_a_node_when_it_runs_alone():
-    seen: dict[str, bool] = {}
-    lock = threading.Lock()
-
-    def run_one(node: str, alone: bool) -> None:
-        with lock:
-            seen[node] = alone
-        time.sleep(0.05)
-
-    # a and b start together (neither alone); c waits for both, then runs alone
-    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=2, tell_alone=True)
-    assert seen == {"a": False, "b": False, "c": True}
-    seen.clear()
-    run_graph({"a": (), "b": (), "c": ("a", "b")}, run_one, workers=1, tell_alone=True)
-    assert seen == {"a": False, "b": True, "c": True}  # a starts while b is ready and waiting

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +17,7 @@ from psr.study.graph import Task, remaining_path, run_graph, study_graph
 from psr.study.keys import STAGES, is_done, reset_if_stale, stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
 from psr.study.layout import layout_for, run_root
+from psr.study.progress import ProgressBoard, remove_progress
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks"
 
@@ -32,16 +33,14 @@ Execute = Callable[[Path, Path, dict, Callable[[str], None], str, float], None]
 """(notebook, executed notebook, parameters, log, tag, run start) -> None; raises StageFailed."""
 
 
-def run(params_path: str | Path, overrides: list[str] | None = None, log=print) -> Path:
-    """Execute the whole study; returns the path of metrics.json."""
+def run(params_path: str | Path, overrides: list[str] | None = None, log=print, live: bool | None = None) -> Path:
+    """Execute the whole study; returns the path of metrics.json. Running stages show their
+    progress: redrawn in place when `live` (default: stdout is a terminal), else as periodic lines
+    through `log`."""
     overrides = list(overrides or [])
     params = load(params_path, overrides)  # fails before any compute or write
-    lock = threading.Lock()
-    raw_log = log
-
-    def log(msg: str) -> None:  # stages log from threads: one whole line at a time
-        with lock:
-            raw_log(msg)
+    board = ProgressBoard(log, live=sys.stdout.isatty() if live is None else live)
+    log = board.log  # stages log from threads: one whole line at a time, never through the live block
 
     root = run_root(params)
     root.mkdir(parents=True, exist_ok=True)
@@ -55,7 +54,8 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
     kernels = WarmKernels()
     execute = functools.partial(execute_notebook, kernels=kernels)
     try:
-        run_stages(str(resolved), [], params, log=log, start=start, execute=execute)
+        with board:
+            run_stages(str(resolved), [], params, log=log, start=start, execute=execute, board=board)
         report_nb = root / "06_report.ipynb"
         execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(resolved), "overrides": []},
                 log, "06_report", start)
@@ -66,10 +66,12 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print) 
 
 
 def run_stages(params_path: str, overrides: list[str], params: Params, *, log: Callable[[str], None],
-               start: float | None = None, execute: Execute | None = None) -> None:
+               start: float | None = None, execute: Execute | None = None,
+               board: ProgressBoard | None = None) -> None:
     """Every stage of every chain (all but 06_report), `run.workers` at a time, longest remaining
     path first; done ones are skipped. `execute` runs one notebook (default: papermill; tests pass
-    a fake). `log` must be safe to call from several threads."""
+    a fake). `log` must be safe to call from several threads. `board`, if given, watches each
+    running stage's progress file."""
     execute = execute or execute_notebook
     start = time.perf_counter() if start is None else start
     graph = study_graph(params)
@@ -85,19 +87,28 @@ def run_stages(params_path: str, overrides: list[str], params: Params, *, log: C
             log(f"{tag}: done already, skipped")
             return
         key = stage_key(params, seed, arm, stage, k)
-        reset_if_stale(layout.stage_dir(arm, k, stage), key)
-        t0 = time.perf_counter()
+        stage_dir = layout.stage_dir(arm, k, stage)
+        reset_if_stale(stage_dir, key)
+        remove_progress(stage_dir)  # a killed run's last report is not this run's progress
         stage_overrides = list(overrides)
         threads = os.cpu_count() or 1
         if alone and stage in SPREADS and params.run.torch_threads and threads > params.run.torch_threads:
             stage_overrides.append(f"run.torch_threads={threads}")  # not part of any stage key
             tag += f" ({threads} threads)"
-        execute(
-            NOTEBOOK_DIR / f"{stage}.ipynb",
-            layout.notebook_path(arm, k, stage),
-            {"params_path": params_path, "overrides": stage_overrides, "seed": seed, "arm": arm, "k": k},
-            log, tag, start,
-        )
+        if board is not None:
+            board.add(tag, stage_dir)
+        t0 = time.perf_counter()
+        try:
+            execute(
+                NOTEBOOK_DIR / f"{stage}.ipynb",
+                layout.notebook_path(arm, k, stage),
+                {"params_path": params_path, "overrides": stage_overrides, "seed": seed, "arm": arm, "k": k},
+                log, tag, start,
+            )
+        finally:
+            if board is not None:
+                board.remove(tag)
+            remove_progress(stage_dir)
         wall = time.perf_counter() - t0
         write_json(layout.marker_path(arm, k, stage), {"key": key, "wall_s": round(wall, 2), "stage": stage, "k": k})
 

@@ -16,15 +16,18 @@ from pathlib import Path
 from psr import lineage
 from psr.engines import HFGenerator, VLLMGenerator
 from psr.evaluate import evaluate
+from psr.grading import extract_answer, is_equiv
 from psr.io import read_json, read_jsonl, write_json
-from psr.judge import judge_pairs_accuracy
+from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import is_adapter_dir, load_policy
 from psr.policy import Policy
+from psr.prompts import parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
-from psr.search import step_search
+from psr.search import step_search, trace_search
 from psr.srlm import load_pairs, srlm_pairs
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
+from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
 
@@ -43,6 +46,17 @@ def _save(ctx: Context, stage: str, summary: dict) -> dict:
     return summary
 
 
+def _progress(ctx: Context, stage: str) -> ProgressWriter:
+    """Where the stage reports how far it got, for `psr run` to show (removed when the stage ends)."""
+    return ProgressWriter(progress_path(ctx.stage_dir(stage)))
+
+
+def _training_callbacks(ctx: Context, progress: ProgressWriter) -> list | None:
+    """Training progress for the runner; none under `accelerate launch`, whose processes a
+    callback cannot reach."""
+    return None if ctx.params.run.accelerate_config else [progress.training_callback("train")]
+
+
 # ----------------------------------------------------------------------------- 01 warm-up
 
 
@@ -57,7 +71,9 @@ def warmup_stage(ctx: Context) -> dict:
         examples = srlm_sft_examples(ift, load_records(data, "srlm_eft", SRLMEFTRecord), ctx.templates, tokenizer)
     base = None if p.model.kind == "tiny" else p.model.name_or_path
     t0 = time.perf_counter()
-    out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed)
+    with _progress(ctx, "01_warmup_sft") as progress:
+        out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed,
+                         callbacks=_training_callbacks(ctx, progress))
     manifest = read_json(Path(out) / "manifest.json")
     return _save(ctx, "01_warmup_sft", {
         "model": str(out), "examples": len(examples), "data": read_json(data / "manifest.json")["counts"],
@@ -70,7 +86,8 @@ def warmup_stage(ctx: Context) -> dict:
 
 
 def generator_for(ctx: Context, model_dir: Path | None = None):
-    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks)."""
+    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks), with its
+    tokenizer."""
     p = ctx.params
     model_dir = model_dir or ctx.model_dir
     if p.search.backend == "vllm":
@@ -80,7 +97,8 @@ def generator_for(ctx: Context, model_dir: Path | None = None):
 
 
 def policy_for(ctx: Context, model_dir: Path | None = None) -> Policy:
-    """M_k as generator, judge and scorer at once (see `psr.policy`)."""
+    """M_k as generator, judge and scorer at once (see `psr.policy`). A notebook opens it once
+    and passes it to its stage and its display cells, so M_k is loaded once per stage."""
     generator, tokenizer = generator_for(ctx, model_dir)
     return Policy(generator, tokenizer, ctx.templates)
 
@@ -109,23 +127,26 @@ def pool(ctx: Context) -> list[Question]:
 # ----------------------------------------------------------------------------- 02 preferences
 
 
-def preference_stage(ctx: Context) -> dict:
-    """Preference data of M_k: step search for PSRLM (self-judged step pairs), solution scoring
-    for SRLM (self-scored whole solutions)."""
+def preference_stage(ctx: Context, policy: Policy | None = None) -> dict:
+    """PPD(M_k): the self-judged step search (PSRLM) or whole-solution self-scoring (SRLM).
+    `policy`: M_k opened already by `policy_for` (else opened here)."""
     p = ctx.params
     d = ctx.stage_dir(PREFERENCE_STAGE)
-    policy = policy_for(ctx)
+    policy = policy or policy_for(ctx)
     questions = pool(ctx)
-    if ctx.arm == "psrlm":
-        stats = step_search(
-            questions, policy, p.search, p.judge,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
-        )
-    else:
-        stats = srlm_pairs(
-            questions, policy, p.srlm,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
-        )
+    with _progress(ctx, PREFERENCE_STAGE) as progress:
+        if ctx.arm == "psrlm":
+            stats = step_search(
+                questions, policy, p.search, p.judge,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
+                on_progress=progress.begin("search", "questions"),
+            )
+        else:
+            stats = srlm_pairs(
+                questions, policy, p.srlm,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
+                on_progress=progress.begin("score", "questions"),
+            )
     return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
@@ -140,17 +161,24 @@ def preference_pairs(ctx: Context) -> list:
 # ----------------------------------------------------------------------------- 03 judging
 
 
-def judging_stage(ctx: Context) -> dict:
-    """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
-    parse rate (the paper's Table 3 analogue)."""
+def judge_records(ctx: Context) -> tuple[Path, list[EFTRecord]]:
+    """The held-out step pairs M_k is judged on, and the file they come from."""
     p = ctx.params
     source = Path(p.eval.judge_pairs) if p.eval.judge_pairs else ctx.layout.data_dir / "eft_test.jsonl"
     records = read_jsonl(source, EFTRecord)
-    if p.eval.judge_limit:
-        records = records[: p.eval.judge_limit]
-    policy = policy_for(ctx)
+    return source, records[: p.eval.judge_limit] if p.eval.judge_limit else records
+
+
+def judging_stage(ctx: Context, policy: Policy | None = None) -> dict:
+    """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
+    parse rate (the paper's Table 3 analogue). `policy`: see `preference_stage`."""
+    p = ctx.params
+    source, records = judge_records(ctx)
+    policy = policy or policy_for(ctx)
     t0 = time.perf_counter()
-    result = judge_pairs_accuracy(records, policy, p.judge)
+    with _progress(ctx, "03_judging") as progress:
+        result = judge_pairs_accuracy(records, policy, p.judge,
+                                      on_progress=progress.begin("judge", "pairs"))
     result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
     return _save(ctx, "03_judging", result)
 
@@ -171,7 +199,9 @@ def dpo_stage(ctx: Context) -> dict:
     out_dir = ctx.layout.model_dir(ctx.arm, ctx.k + 1)
     t0 = time.perf_counter()
     if examples:
-        out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed)
+        with _progress(ctx, "04_step_dpo") as progress:
+            out = step_dpo(p, ctx.model_dir, examples, out_dir, ref_dir=ref, seed=ctx.seed,
+                           callbacks=_training_callbacks(ctx, progress))
     else:
         out = carry_over(ctx.model_dir, out_dir)
     manifest = read_json(Path(out) / "manifest.json")
@@ -212,23 +242,31 @@ def benchmark_items(ctx: Context, name: str):
     return load_benchmark(name, data_dir, limit=p.eval.limit or None)
 
 
-def evaluate_stage(ctx: Context) -> dict:
-    """Greedy accuracy of M_k per benchmark, with step statistics."""
+def evaluate_stage(ctx: Context, policy: Policy | None = None) -> dict:
+    """Greedy accuracy of M_k per benchmark, with step statistics. `policy`: see `preference_stage`."""
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
-    policy = policy_for(ctx)
+    policy = policy or policy_for(ctx)
     out = {}
-    for name in p.eval.benchmarks:
-        summary = evaluate(
-            name, benchmark_items(ctx, name), policy,
-            max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
-            answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
-        )
-        out[name] = summary.to_dict()
+    with _progress(ctx, "05_evaluate") as progress:
+        for name in p.eval.benchmarks:
+            summary = evaluate(
+                name, benchmark_items(ctx, name), policy,
+                max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
+                answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
+                on_progress=progress.begin(f"eval {name}", "questions"),
+            )
+            out[name] = summary.to_dict()
     return _save(ctx, "05_evaluate", out)
 
 
 # ----------------------------------------------------------------------------- for display
+# Cheap looks at a stage's own data for its notebook: they read what the stage wrote, or decode a
+# handful of prompts with the model the stage used; nothing here feeds a later stage.
+
+
+def ift_examples(ctx: Context, n: int = 2) -> list[IFTRecord]:
+    return load_records(ctx.layout.data_dir, "ift", IFTRecord)[:n]
 
 
 def eft_examples(ctx: Context, n: int = 3) -> list:
@@ -236,18 +274,93 @@ def eft_examples(ctx: Context, n: int = 3) -> list:
     return load_records(ctx.layout.data_dir, name, rtype)[:n]
 
 
-def sample_solutions(ctx: Context, n: int = 3) -> list[dict]:
-    """Greedy solutions of M_k for the first n test questions (a look at what the model writes)."""
-    items = benchmark_items(ctx, ctx.params.eval.benchmarks[0])[:n]
-    policy = policy_for(ctx)
+def sample_solutions(ctx: Context, n: int = 3, policy: Policy | None = None) -> list[dict]:
+    """Greedy solutions of M_k for the first n test questions (a look at what the model writes),
+    graded like the evaluation grades them."""
+    p = ctx.params
+    items = benchmark_items(ctx, p.eval.benchmarks[0])[:n]
+    policy = policy or policy_for(ctx)
     prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
     outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                              max_new_tokens=ctx.params.eval.max_new_tokens, stop=None, seed=0)
-    return [{"question": it.question, "gold": it.gold, "output": o[0].text} for it, o in zip(items, outs)]
+                              max_new_tokens=p.eval.max_new_tokens, stop=None, seed=0)
+    rows = []
+    for it, o in zip(items, outs):
+        answer = extract_answer(o[0].text, fallback=p.eval.answer_fallback)
+        correct = answer is not None and is_equiv(answer, it.gold, timeout=p.eval.grading_timeout_s)
+        rows.append({"question": it.question, "gold": it.gold, "output": o[0].text, "extracted": answer,
+                     "correct": bool(correct)})
+    return rows
+
+
+def trace_one(ctx: Context, policy: Policy | None = None, index: int = 0) -> tuple[Question, list]:
+    """One pool question's search replayed expansion by expansion (`psr.search.trace_search`, the
+    stage's iteration and seed), for the notebook to show; it writes nothing."""
+    policy = policy or policy_for(ctx)
+    question = pool(ctx)[index]
+    p = ctx.params
+    return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed)
+
+
+def srlm_examples(ctx: Context) -> list[dict]:
+    """From the SRLM arm's srlm.jsonl: the first question whose scores gave a pair and the first
+    whose scores tied (no pair), with the question's text."""
+    path = ctx.layout.stage_dir(ctx.arm, ctx.k, PREFERENCE_STAGE) / "srlm.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    texts = {q.id: q.question for q in pool(ctx)}
+    picked = [r for r in rows if r["pair"]][:1] + [r for r in rows if not r["pair"]][:1]
+    return [dict(r, question=texts.get(r["id"], "")) for r in picked]
+
+
+def judged_examples(ctx: Context, n: int = 12, policy: Policy | None = None) -> list[dict]:
+    """The first n held-out pairs judged again by M_k in both orders, as the judging stage judges
+    them (same prompts, greedy or as the preset says), with each verdict and whether it is right."""
+    _, records = judge_records(ctx)
+    records = records[:n]
+    policy = policy or policy_for(ctx)
+    t = ctx.templates
+    prompts = []
+    for r in records:
+        prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
+        prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
+    samples = run_judge_prompts(prompts, policy.generator, ctx.params.judge, seed=0)
+    rows = []
+    for i, r in enumerate(records):
+        given, swapped = parse_verdict(samples[2 * i].text), parse_verdict(samples[2 * i + 1].text)
+        rows.append({
+            "record": r, "given": given, "swapped": swapped,
+            "given_text": samples[2 * i].text, "swapped_text": samples[2 * i + 1].text,
+            "right": [given == r.verdict, swapped == ("B" if r.verdict == "A" else "A")],
+        })
+    return rows
+
+
+def dpo_example(ctx: Context, index: int = 0) -> dict | None:
+    """One preference pair of this stage as DPO sees it: the pair, its (prompt, chosen, rejected)
+    example and the tokenizer that cuts them into tokens; None without pairs."""
+    pairs = preference_pairs(ctx)
+    if not pairs:
+        return None
+    pair = pairs[min(index, len(pairs) - 1)]
+    tokenizer = _tokenizer(ctx)
+    build = step_dpo_examples if ctx.arm == "psrlm" else solution_dpo_examples
+    final = (pair.is_final, pair.rejected_is_final) if ctx.arm == "psrlm" else (True, True)
+    return {"pair": pair, "example": build([pair], ctx.templates, tokenizer)[0], "tokenizer": tokenizer,
+            "final": final}
 
 
 def eval_samples(ctx: Context, n: int = 3) -> list[dict]:
     """The first n evaluated samples of the first benchmark, as written by evaluate_stage."""
-    name = ctx.params.eval.benchmarks[0]
+    return eval_rows(ctx)[:n]
+
+
+def eval_rows(ctx: Context, name: str | None = None) -> list[dict]:
+    """Every evaluated sample of one benchmark (default: the first), as written by evaluate_stage."""
+    name = name or ctx.params.eval.benchmarks[0]
     path = ctx.layout.stage_dir(ctx.arm, ctx.k, "05_evaluate") / f"{name}.jsonl"
-    return read_jsonl(path)[:n] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
+
+
+def right_and_wrong(ctx: Context, name: str | None = None, n: int = 2) -> tuple[list[dict], list[dict]]:
+    """The first n right and the first n wrong evaluated samples of a benchmark."""
+    rows = eval_rows(ctx, name)
+    return [r for r in rows if r["correct"]][:n], [r for r in rows if not r["correct"]][:n]
