@@ -72,7 +72,7 @@ def model_identity(path_or_name: str | Path) -> str:
     return f"name:{path_or_name}"
 
 
-def _normal(obj: Any) -> Any:
+def normalised(obj: Any) -> Any:
     """JSON round trip, so tuples and lists (and int/float keys) compare the way they are stored."""
     return json.loads(json.dumps(obj, sort_keys=True))
 
@@ -82,7 +82,7 @@ def is_complete(model_dir: str | Path, expected_inputs: Mapping[str, Any]) -> bo
     A missing, unreadable or mismatched manifest means "not done" (never an error)."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    if manifest is None or manifest.get("inputs") != _normal(dict(expected_inputs)):
+    if manifest is None or manifest.get("inputs") != normalised(dict(expected_inputs)):
         return False
     return any((model_dir / name).is_file() for name in _WEIGHT_FILES)
 
@@ -162,14 +162,14 @@ def staging(out_dir: str | Path) -> Iterator[Path]:
 
 def write_manifest(model_dir: str | Path, *, stage: str, inputs: Mapping[str, Any], **fields: Any) -> dict:
     """Write `manifest.json` (call it last). `digest` identifies this model to its children."""
-    inputs = _normal(dict(inputs))
+    inputs = normalised(dict(inputs))
     manifest = {
         "stage": stage,
         "inputs": inputs,
         "digest": sha256_json({"stage": stage, "inputs": inputs})[:16],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
-        **_normal(fields),
+        **normalised(fields),
     }
     write_json(Path(model_dir) / MANIFEST, manifest)
     return manifest

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from psr.engines.cascade import _CascadeCache, _Prefixes, _pieces, cascade_attention, decode, supports_cascade
+from psr.engines.cascade import CascadeCache, Prefixes, prefill_pieces, cascade_attention, decode, supports_cascade
 from psr.engines import HFGenerator
 from psr.models import set_threads
 
@@ -38,7 +38,7 @@ def test_cascade_attention_equals_attention_over_the_concatenation(t, heads, kv_
     prefix_valid[1] = False
     pk, pv = torch.randn(n_groups, kv_heads, lp, d), torch.randn(n_groups, kv_heads, lp, d)
     pk, pv = pk.masked_fill(~prefix_valid[:, None, :, None], 0), pv.masked_fill(~prefix_valid[:, None, :, None], 0)
-    cache = _CascadeCache(_Prefixes([(pk, pv)], prefix_valid, row_group), r, filled + t + 2)
+    cache = CascadeCache(Prefixes([(pk, pv)], prefix_valid, row_group), r, filled + t + 2)
     old_k, old_v = torch.randn(r, kv_heads, filled, d), torch.randn(r, kv_heads, filled, d)
     cache.suffix_k[0][:, :, :filled], cache.suffix_v[0][:, :, :filled] = old_k, old_v
     cache.suffix_valid[:, :filled] = True
@@ -119,20 +119,20 @@ def test_judge_like_prompts_decode_the_same_prefilled_in_pieces(monkeypatch, com
     monkeypatch.setattr(cascade, "PREFILL_TOKENS", 40)
     monkeypatch.setattr(cascade, "COMPACT_FRACTION", compact)
     pieces = []
-    monkeypatch.setattr(cascade, "_pieces", lambda *a: pieces.append(_pieces(*a)) or pieces[-1])
+    monkeypatch.setattr(cascade, "prefill_pieces", lambda *a: pieces.append(prefill_pieces(*a)) or pieces[-1])
     assert fast.generate(prompts, **kw) == want
     assert max(len(p) for p in pieces) > 1  # some prefill did come in pieces
 
 
 def test_prefill_pieces_stay_within_the_token_budget():
     lengths = [5, 5, 3, 9, 1, 12, 2]
-    pieces = _pieces(lengths, 10)
+    pieces = prefill_pieces(lengths, 10)
     assert [i for p in pieces for i in range(len(lengths))[p]] == list(range(len(lengths)))  # in order, once
     for p in pieces:
         rows = lengths[p]
         assert len(rows) == 1 or len(rows) * max(rows) <= 10  # a row longer than the budget goes alone
     assert [(p.start, p.stop) for p in pieces] == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
-    assert _pieces([], 10) == []
+    assert prefill_pieces([], 10) == []
 
 
 @pytest.mark.parametrize("compact", [1, 1000])

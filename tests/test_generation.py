@@ -11,7 +11,7 @@ import torch
 
 from psr.config import ModelParams
 from psr.engines import HFGenerator, Sample, cut_at_stop, derive_seed
-from psr.engines.hf import _StopAfterPrompt, share_groups
+from psr.engines.hf import StopAfterPrompt, share_groups
 from psr.models import EOS, build_tiny_model, set_threads, train_tokenizer
 from psr.prompts import chat_prompt
 from psr.steps import STOP_STRING
@@ -168,12 +168,12 @@ def test_samples_do_not_depend_on_batch_companions_or_chunking(trained):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from psr.engines.hf import _RowSampler
+    from psr.engines.hf import RowSampler
 
     scores = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
     picks = set()
     for s in range(200):
-        sampler = _RowSampler([s], temperature=1.0, top_p=0.7, max_new_tokens=1)
+        sampler = RowSampler([s], temperature=1.0, top_p=0.7, max_new_tokens=1)
         out = sampler(torch.zeros((1, 0), dtype=torch.long), scores.clone())
         picks.add(int(out.argmax()))
     assert picks == {0, 1}  # 0.6 + 0.3 reaches 0.7; token 2 is never drawn
@@ -196,7 +196,7 @@ def test_bad_arguments_fail_clearly(trained):
 def test_stop_criterion_ignores_the_prompt_and_records_when_it_fired():
     tok = train_tokenizer([SOLUTION] * 5, 300)
     prompt = tok("intro\nStep ", add_special_tokens=False)["input_ids"]  # the prompt itself ends in the stop
-    crit = _StopAfterPrompt(tok, STOP_STRING, len(prompt), 2)
+    crit = StopAfterPrompt(tok, STOP_STRING, len(prompt), 2)
     gen1 = tok("x", add_special_tokens=False)["input_ids"]
     rows = torch.tensor([prompt + gen1, prompt + gen1])
     assert crit(rows).tolist() == [False, False]

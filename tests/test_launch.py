@@ -185,7 +185,7 @@ def test_warmup_sft_on_two_processes(launched, data, monkeypatch):
     assert m["gradient_accumulation_steps"] == 2 and m["effective_batch_size"] == launched.params.warmup.batch_size == 8
     assert m["metrics"]["global_steps"] == 2  # 16 examples / 8; without the world size it would be 1
     assert len(m["memory_per_process"]) == 2
-    assert m["inputs"] == lineage._normal(sft_inputs(launched.params, data.sft, base=None, tokenizer=data.tok, seed=0))
+    assert m["inputs"] == lineage.normalised(sft_inputs(launched.params, data.sft, base=None, tokenizer=data.tok, seed=0))
     model, tok = load_policy(m1, launched.params.model)
     assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token == data.tok.eos_token
     assert not (m1 / JOB_DIR).exists() and not (m1 / "training_args.bin").exists() and not _leftovers(launched.work)

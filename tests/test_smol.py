@@ -75,13 +75,13 @@ def _fake_conversion(path: Path, text: str) -> Path:
 def test_publish_keeps_the_first_finished_conversion(tmp_path):
     out = _fake_conversion(tmp_path / "model", "first")
     late = _fake_conversion(tmp_path / ".model.tmp-2", "second")
-    smol._publish(late, out)  # another process finished first: keep theirs
+    smol.publish(late, out)  # another process finished first: keep theirs
     assert (out / "model.safetensors").read_text() == "first"
     # an unfinished folder (no marker) is replaced
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    smol._publish(_fake_conversion(tmp_path / ".broken.tmp-3", "new"), broken)
+    smol.publish(_fake_conversion(tmp_path / ".broken.tmp-3", "new"), broken)
     assert smol.is_converted(broken) and (broken / "model.safetensors").read_text() == "new"
 
 

@@ -18,7 +18,7 @@ amortises each step's fixed cost). One prefix level per group: a second level (t
 then each slot-A candidate) cost as much in attention merges as it saved in prefill (README,
 Benchmarks).
 
-The model itself is unchanged: `_CascadeCache` is handed to `model(...)` as `past_key_values`
+The model itself is unchanged: `CascadeCache` is handed to `model(...)` as `past_key_values`
 and the model's attention modules call our attention function through a registered
 implementation name, switched on only for the duration of a call."""
 
@@ -72,7 +72,7 @@ def _cascade_attention(model) -> Iterator[None]:
 
 
 @dataclass
-class _Prefixes:
+class Prefixes:
     """The groups' shared prefixes: per layer, keys and values [G, Hkv, Lp, D], left padded with
     zeros; `valid` [G, Lp] marks real slots; `row_group` [R] is each row's group. Rows are
     contiguous per group."""
@@ -81,10 +81,10 @@ class _Prefixes:
     valid: torch.Tensor
     row_group: torch.Tensor
 
-    def rows(self, lo: int, hi: int) -> "_Prefixes":
+    def rows(self, lo: int, hi: int) -> "Prefixes":
         """The prefixes as rows [lo, hi) see them (a view: the groups they use, renumbered)."""
         g_lo, g_hi = int(self.row_group[lo]), int(self.row_group[hi - 1]) + 1
-        return _Prefixes([(k[g_lo:g_hi], v[g_lo:g_hi]) for k, v in self.kv], self.valid[g_lo:g_hi],
+        return Prefixes([(k[g_lo:g_hi], v[g_lo:g_hi]) for k, v in self.kv], self.valid[g_lo:g_hi],
                       self.row_group[lo:hi] - g_lo)
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -95,7 +95,7 @@ class _Prefixes:
             self.valid = self.valid.index_select(0, groups)
 
 
-class _CascadeCache:
+class CascadeCache:
     """The cache the model writes to: the groups' shared prefixes plus, per layer, per-row suffix
     buffers. `update` appends the new tokens' keys/values to the suffix and hands the whole
     cache to the attention function (as its key and value arguments).
@@ -105,7 +105,7 @@ class _CascadeCache:
 
     is_compileable = False
 
-    def __init__(self, prefix: _Prefixes, n_rows: int, capacity: int):
+    def __init__(self, prefix: Prefixes, n_rows: int, capacity: int):
         self.prefix = prefix
         self.suffix_k, self.suffix_v = [], []
         for k, v in prefix.kv:
@@ -118,13 +118,13 @@ class _CascadeCache:
         self._slots: tuple[torch.Tensor, torch.Tensor] | None = None
         self._masks: tuple | None = None
 
-    def window(self, lo: int, hi: int, start: int) -> "_CascadeCache":
+    def window(self, lo: int, hi: int, start: int) -> "CascadeCache":
         """Rows [lo, hi) of an empty cache, their suffix starting at column `start`, as a cache
         of its own that shares this one's storage: a prompt prefill in pieces of rows, each only
         as wide as its own longest rest. Columns before `start` are zeroed (padding)."""
         if self.filled:
             raise ValueError("a window is only for the prefill of an empty cache")
-        view = object.__new__(_CascadeCache)
+        view = object.__new__(CascadeCache)
         view.prefix = self.prefix.rows(lo, hi)
         for buf in self.suffix_k + self.suffix_v:
             buf[lo:hi, :, :start] = 0
@@ -220,7 +220,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The attention implementation registered as `psr_cascade` (transformers' signature):
-    `key`/`value` are what `_CascadeCache.update` returned. Returns ([R, T, H, D], None)."""
+    `key`/`value` are what `CascadeCache.update` returned. Returns ([R, T, H, D], None)."""
     cache, layer_idx = key
     r, h, t, d = query.shape
     suffix_k, suffix_v = cache.suffix_k[layer_idx], cache.suffix_v[layer_idx]
@@ -322,7 +322,7 @@ def decode(
     with torch.inference_mode():
         kv, valid = _prefill_prefixes(model, pad_id, group_prefix, prefill_tokens)
         width_r = max(len(x) for x in state_rest)
-        cache = _CascadeCache(_Prefixes(kv, valid, torch.tensor(state_group, device=device)), len(members),
+        cache = CascadeCache(Prefixes(kv, valid, torch.tensor(state_group, device=device)), len(members),
                               width_r + max_new_tokens)
         starts = torch.tensor([len(group_prefix[g]) for g in state_group], device=device)
         logits = _prefill_rests(model, pad_id, cache, state_rest, starts, prefill_tokens)
@@ -389,7 +389,7 @@ def _prefill_prefixes(model, pad_id: int, prefixes: list[list[int]], prefill_tok
     layers = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
               for _ in range(model.config.num_hidden_layers)]
     todo = sorted((g for g, p in enumerate(prefixes) if p), key=lambda g: -len(prefixes[g]))
-    for piece in _pieces([len(prefixes[g]) for g in todo], prefill_tokens):
+    for piece in prefill_pieces([len(prefixes[g]) for g in todo], prefill_tokens):
         groups = todo[piece]
         w = len(prefixes[groups[0]])  # the longest in the piece (sorted)
         ids = torch.tensor([[pad_id] * (w - len(prefixes[g])) + prefixes[g] for g in groups], device=device)
@@ -415,7 +415,7 @@ def _kv_shape(model) -> tuple[int, int]:
     return getattr(config, "num_key_value_heads", None) or heads, head_dim
 
 
-def _prefill_rests(model, pad_id: int, cache: _CascadeCache, rests: list[list[int]], starts: torch.Tensor,
+def _prefill_rests(model, pad_id: int, cache: CascadeCache, rests: list[list[int]], starts: torch.Tensor,
                    prefill_tokens: int) -> torch.Tensor:
     """Each row's own prompt tokens, in pieces of neighbouring rows, right-aligned in the suffix
     buffers; the last position's logits of every row [R, V]."""
@@ -423,7 +423,7 @@ def _prefill_rests(model, pad_id: int, cache: _CascadeCache, rests: list[list[in
     width = max(len(x) for x in rests)
     logits = []
     with _cascade_attention(model):
-        for piece in _pieces([len(x) for x in rests], prefill_tokens):
+        for piece in prefill_pieces([len(x) for x in rests], prefill_tokens):
             w = max(len(x) for x in rests[piece])
             part = rests[piece]
             ids = torch.tensor([[pad_id] * (w - len(x)) + x for x in part], dtype=torch.long, device=device)
@@ -437,7 +437,7 @@ def _prefill_rests(model, pad_id: int, cache: _CascadeCache, rests: list[list[in
     return torch.cat(logits)
 
 
-def _pieces(lengths: list[int], budget: int) -> list[slice]:
+def prefill_pieces(lengths: list[int], budget: int) -> list[slice]:
     """Consecutive slices whose rows x longest length stays within `budget` (>= 1 row each)."""
     pieces, lo, widest = [], 0, 0
     for i, n in enumerate(lengths):

@@ -18,7 +18,7 @@ from psr.engines.base import FinishReason, Sample, check_request, cut_at_stop, d
 from psr.engines.cascade import decode, supports_cascade
 
 
-class _StopAfterPrompt:
+class StopAfterPrompt:
     """Per-row stopping criterion (the `StoppingCriteria` call signature): a row is done once its
     *generated* tokens contain `stop`. Only a short window of the newest tokens is decoded, and
     only for rows still running; `fired[i]` records how many tokens row i had generated then."""
@@ -92,7 +92,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return k
 
 
-class _RowSampler:
+class RowSampler:
     """Temperature + nucleus sampling where row r's t-th token uses the t-th number of its own
     uniform stream (seeded per row), by inverse-CDF over the top-p set. The chosen token gets
     logit 0 and every other -inf, so `generate`'s greedy step takes it. Written by hand because
@@ -136,7 +136,7 @@ class HFGenerator:
     - a preallocated (static) KV cache, so decoding does not re-copy the cache every token.
     Greedy requests decode each distinct prompt once and copy the result.
 
-    Sampling is seeded per row from (prompt seed, prompt, sample index) (`_RowSampler`), so a
+    Sampling is seeded per row from (prompt seed, prompt, sample index) (`RowSampler`), so a
     sample never depends on the batch it was drawn in, nor on timing."""
 
     def __init__(self, model, tokenizer, max_tokens_per_batch: int = 32768, *, share_prefixes: bool = True,
@@ -199,7 +199,7 @@ class HFGenerator:
             sampler = None
             if row_seeds is not None:
                 order = [i for g in chunk for i in g.rows]
-                sampler = _RowSampler([row_seeds[i] for i in order], temperature, top_p, max_new_tokens)
+                sampler = RowSampler([row_seeds[i] for i in order], temperature, top_p, max_new_tokens)
             samples = self._generate_chunk(chunk, encoded, sampler, max_new_tokens, stop)
             for i, s in zip((i for g in chunk for i in g.rows), samples):
                 results[i] = s
@@ -246,7 +246,7 @@ class HFGenerator:
         self,
         groups: list[_Group],
         encoded: list[list[int]],
-        sampler: "_RowSampler | None",
+        sampler: "RowSampler | None",
         max_new_tokens: int,
         stop: str | None,
     ) -> list[Sample]:
@@ -269,7 +269,7 @@ class HFGenerator:
             mask.append([0] * (width_p - len(p)) + [1] * len(p) + [0] * (width_r - len(r)) + [1] * len(r))
         input_ids = torch.tensor(ids, dtype=torch.long, device=device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
-        criteria = _StopAfterPrompt(self.tokenizer, stop, width, len(rows)) if stop else None
+        criteria = StopAfterPrompt(self.tokenizer, stop, width, len(rows)) if stop else None
         # Sampling is done by our own per-row processor (then greedy picks its token): HF samples
         # the whole batch from one RNG stream, which ties a row's sample to its batch companions.
         kwargs: dict = dict(do_sample=False)
@@ -308,7 +308,7 @@ class HFGenerator:
         self,
         groups: list[_Group],
         encoded: list[list[int]],
-        sampler: "_RowSampler | None",
+        sampler: "RowSampler | None",
         max_new_tokens: int,
         stop: str | None,
     ) -> list[Sample]:
@@ -325,7 +325,7 @@ class HFGenerator:
             pick = lambda logits, rows, step: logits.argmax(dim=-1)  # noqa: E731
         stop_check = None
         if stop:
-            window = len(stop) + 2  # as _StopAfterPrompt: the newest tokens hold a new occurrence
+            window = len(stop) + 2  # as StopAfterPrompt: the newest tokens hold a new occurrence
             pieces: dict[int, str] = {}
 
             def stop_check(row: int, generated: list[int]) -> int:

