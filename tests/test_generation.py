@@ -253,7 +253,7 @@ def test_prefix_sharing_matches_plain_generate_on_a_gqa_model():
 
 
 def test_samples_do_not_depend_on_the_thread_count(trained):
-    """psr.pipeline lets a generation stage that runs alone use every core: its samples must be
+    """psr.study.runner lets a generation stage that runs alone use every core: its samples must be
     the same as with the preset's one thread."""
     model, tok = trained
     prompts = [chat_prompt(tok, QUESTION), chat_prompt(tok, QUESTION) + "Step 1: 12 + 7 = 19\n"]
