@@ -115,7 +115,7 @@ class RunParams(Section):
                     _rule(lambda a: len(set(a)) == len(a), "lists an arm twice")] = ("psrlm", "srlm")
     iterations: Positive = 3  # DPO rounds: M1 -> M(1+iterations); paper: 3 (M1 -> M4)
     results_dir: str = "results"
-    # one thread per process on a shared CPU (measured 6-70x faster here)
+    # one thread per process on a shared CPU: oversubscribed cores slow every process
     torch_threads: Annotated[int, at_least(0, "0 = torch default")] = 1
     workers: Positive = 2  # at most this many stages (notebook kernels) run at once (psr.study.graph)
     # multi-GPU training: an accelerate config file (e.g. DeepSpeed ZeRO-3), relative to the

@@ -65,8 +65,7 @@ def study_graph(params: Params) -> dict[Task, tuple[Task, ...]]:
             for t in (Task(seed, arm, stage, k) for stage, k in plan(params))}
 
 
-# Rough relative cost of a stage, used only to rank ready stages (the reference tiny run on one core:
-# warm-up ~300-380 s, search ~20-180 s, judging / DPO / evaluation ~15 s each).
+# Rough relative cost of a stage, used only to rank ready stages (see a run's metrics.json wall_s).
 STAGE_COST = {"01_warmup_sft": 300.0, "02_step_search": 100.0, "03_judging": 15.0, "04_step_dpo": 15.0,
               "05_evaluate": 15.0}
 

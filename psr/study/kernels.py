@@ -23,8 +23,8 @@ KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 class WarmKernels:
     """One Jupyter kernel per worker thread, reused from stage to stage. Why: a fresh kernel
-    that imports torch, transformers and TRL costs ~7 s of CPU per stage (measured here), about
-    150 s of the tiny study's 22 stages on 2 cores. Between stages the kernel's namespace is
+    that imports torch, transformers and TRL costs seconds of CPU per stage, and a study has
+    dozens of stages. Between stages the kernel's namespace is
     cleared (`%reset -f`, then garbage collection), so a notebook sees only its own variables and
     the previous stage's models are freed; only imported modules stay. A kernel whose stage
     failed, or that died, is replaced by a fresh one."""

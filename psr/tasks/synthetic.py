@@ -12,9 +12,9 @@ RNG; `random.Random` streams are stable across Python versions, numpy's `Generat
 not promised to be), so the same seed writes byte-identical files.
 
 **The step judge's explanation (EFT `judgment`).** It is generated greedily by a tiny model with a
-~400-token context and ~48 new tokens, so it must be short, and the feasibility run taught two
-things: a judge that only restates the candidates copies them (and ignores which is right), and
-a judge that re-computes *after* reading both candidates copies one of them. So the explanation
+~400-token context and ~48 new tokens, so it must be short. A judge that only restates the
+candidates copies them (and ignores which is right), and one that re-computes *after* reading
+both candidates copies one of them (README, "What the embedded study shows"). So the explanation
 first states what the next step must be, derived from the context alone, then compares each
 candidate's claim with it:
 
@@ -27,7 +27,7 @@ string comparisons of a few digits, which is the cheapest check that still catch
 kind below (each changes the step's claimed value). A candidate's *claim* is its result (the
 number after `=`) or `answer N` for a `\\boxed{N}` step; comparison is exact string equality, so
 the verdict follows from the text mechanically (`eft_judgment` builds it for any pair, e.g. for
-on-policy negatives taken from the model's own samples, which the feasibility run found helps).
+on-policy negatives taken from the model's own samples).
 
 **Bad steps** (`EFTRecord.error`): `arithmetic` (right operands and operation, result off by one
 digit, by ±1 or by ±10 — the same-operation pairs that are a small model's own common errors,
@@ -88,7 +88,7 @@ END_TEMPLATE = "How many {obj} does {name} have now?"
 # `wording: plain`: a subset of the templates above (so `parse_question` reads both wordings),
 # one sentence per operation, each with exactly one number, and few names and objects. A tiny
 # model trained from scratch for minutes then spends its steps on arithmetic rather than on
-# learning to find the operand among paraphrases (measured in params/tiny.yaml's notes).
+# learning to find the operand among paraphrases (results/tiny/calibration.md).
 PLAIN_NAMES = ("Mia", "Leo", "Ava", "Sam")
 PLAIN_OBJECTS = ("apples", "coins", "cards", "pens")
 PLAIN_START = START_TEMPLATES[0]

@@ -75,9 +75,8 @@ class FastSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer, computing the same loss and gradients (up to float rounding) with less
     work per step: the LM head projects only the positions that have a label
     (`lm_head_on_labelled_positions`), and a right-padded batch runs under the plain causal
-    mask (`causal_mask_when_right_padded`). On the tiny preset's warm-up (1 CPU thread) a
-    step takes ~19% less time. CPU only, where it was measured; on CUDA TRL already projects
-    only the labelled positions."""
+    mask (`causal_mask_when_right_padded`). CPU only: on CUDA TRL already projects only the
+    labelled positions."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs.get("input_ids")
