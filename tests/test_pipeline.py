@@ -27,7 +27,7 @@ import pytest
 from psr.config import load
 from psr.study import graph as graph_module
 from psr.study.graph import Task, dependencies, plan, run_graph, study_graph
-from psr.study.keys import stage_key
+from psr.study.keys import model_key, stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
 from psr.study.layout import layout_for
 from psr.study.progress import PROGRESS_FILE, ProgressBoard, ProgressWriter, progress_path, read_progress
@@ -230,9 +230,10 @@ def run_fake(params, fake: FakeNotebooks) -> list[str]:
 
 
 def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
-    params = tiny_params(tmp_path)
+    params = tiny_params(tmp_path)  # psrlm, srlm, verified
     graph = study_graph(params)
-    assert len(graph) == 2 * len(plan(params)) == 2 * 11
+    assert len(plan(params, "psrlm")) == len(plan(params, "srlm")) == 11
+    assert len(graph) == 2 * 11 + len(plan(params, "verified"))
 
     def t(stage, k, arm="psrlm"):
         return Task(0, arm, stage, k)
@@ -245,6 +246,24 @@ def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
     assert graph[t("05_evaluate", 3, "srlm")] == (t("04_step_dpo", 2, "srlm"),)
     with pytest.raises(ValueError, match="unknown stage"):
         dependencies(t("07_nothing", 1))
+
+
+def test_the_verified_chain_starts_from_psrlms_m1_and_is_never_judged(tmp_path):
+    params = tiny_params(tmp_path)
+    assert plan(params, "verified") == [("02_step_search", 1), ("04_step_dpo", 1), ("02_step_search", 2),
+                                        ("04_step_dpo", 2), ("05_evaluate", 2), ("05_evaluate", 3)]
+    graph = study_graph(params)
+    psrlm_m1 = Task(0, "psrlm", "01_warmup_sft", 1)
+    assert graph[Task(0, "verified", "02_step_search", 1)] == (psrlm_m1,)
+    assert set(graph[Task(0, "verified", "04_step_dpo", 1)]) == {psrlm_m1, Task(0, "verified", "02_step_search", 1)}
+    assert graph[Task(0, "verified", "05_evaluate", 2)] == (Task(0, "verified", "04_step_dpo", 1),)
+    # its M1 is psrlm's model, file and key; what it makes from there is its own
+    layout = layout_for(params, 0)
+    assert layout.model_dir("verified", 1) == layout.model_dir("psrlm", 1) == tmp_path / "sched" / "psrlm" / "M1" / "model"
+    assert layout.model_dir("verified", 2) == tmp_path / "sched" / "verified" / "M2" / "model"
+    assert model_key(params, 0, "verified", 1) == stage_key(params, 0, "psrlm", "01_warmup_sft", 1)
+    assert stage_key(params, 0, "verified", "02_step_search", 1) != stage_key(params, 0, "psrlm", "02_step_search", 1)
+    assert model_key(params, 0, "verified", 2) != model_key(params, 0, "psrlm", 2)
 
 
 def test_run_graph_rejects_bad_graphs_before_running_anything():
@@ -379,7 +398,7 @@ def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_p
 
 
 def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(tmp_path, settled):
-    params = tiny_params(tmp_path)
+    params = tiny_params(tmp_path, "run.arms=[psrlm, srlm]")
     # the SRLM warm-up is still running when the PSRLM search fails
     seconds = {"01_warmup_sft": 1, "02_step_search": 1, ("srlm", "01_warmup_sft"): 12}
     fake = FakeNotebooks(fail=("psrlm", "02_step_search", 1))
@@ -425,7 +444,7 @@ def test_the_runner_clears_stale_progress_and_watches_each_running_stage(tmp_pat
 
     run_stages("params/tiny.yaml", [], params, log=lambda m: None, execute=execute, board=Board())
     tags = [e[1] for e in seen[::2]]
-    assert sorted(t.split(" (")[0] for t in tags) == sorted(f"[psrlm] {s} M{k}" for s, k in plan(params))
+    assert sorted(t.split(" (")[0] for t in tags) == sorted(f"[psrlm] {s} M{k}" for s, k in plan(params, "psrlm"))
     # one stage at a time: each watched from its start (with no stale file) to its end
     assert seen == [e for tag in tags for e in (("add", tag, None), ("remove", tag))]
     assert not list(tmp_path.rglob(PROGRESS_FILE))  # nothing left that a later run could show

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psr.config import Params
+from psr.study.arms import model_arm
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class Layout:
         return self.seed_dir / "data"
 
     def model_dir(self, arm: str, k: int) -> Path:
-        return self.seed_dir / arm / f"M{k}" / "model"
+        """`arm`'s M_k: in the folder of the arm that made it (psrlm/M1 for the verified arm's M1)."""
+        return self.seed_dir / model_arm(arm, k) / f"M{k}" / "model"
 
     def stage_dir(self, arm: str, k: int, stage: str) -> Path:
         return self.seed_dir / arm / f"M{k}" / stage
