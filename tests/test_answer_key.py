@@ -4,6 +4,8 @@ the same tie (rollback) and unanimous rules as the self-judged search."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from psr.answer_key import AnswerKeyScorer, SyntheticKey, task_answer_key
@@ -18,6 +20,7 @@ from tests.conftest import EOS_MARK, ScriptedGenerator
 
 Q = "Leo has 4 pens. He buys 1 more. He buys 8 more. How many pens does Leo have now?"  # 4+1=5, 5+8=13
 KEY = SyntheticKey()
+TINY = Path(__file__).resolve().parent.parent / "params" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -29,18 +29,10 @@ from psr.srlm import load_pairs, srlm_pairs
 from psr.study.arms import searches_steps, shares_model, uses_answer_key
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
+from psr.study.layout import EXPANSIONS, PREFERENCE_STAGE, SCORED, SUMMARY
 from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
-
-SUMMARY = "summary.json"
-# The preference stage (step search for PSRLM, solution scoring for SRLM) kept the id it had
-# before the SRLM arm existed: folders, notebooks and resume markers are named by it.
-PREFERENCE_STAGE = "02_step_search"
-# Beside a preference stage's pairs, what its scorer saw, for the pair diagnostics the report
-# computes after the fact (`psr.study.diagnose`); nothing in any loop reads them.
-EXPANSIONS = "expansions.jsonl"  # step arms: every expansion of every finished question
-SCORED = "scored.jsonl"  # SRLM: every sampled solution with its mean score
 
 
 def _tokenizer(ctx: Context):
