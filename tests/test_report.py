@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from psr.cli import main
 from psr.config import load
 from psr.io import read_json, write_json
 from psr.study.graph import plan
@@ -184,3 +185,15 @@ def test_collect_again_recomputes_from_the_stage_files(tmp_path):
     report_run(tmp_path / "r", collect=True)
     assert read_json(tmp_path / "r" / "metrics.json")["arms"]["srlm"]["M2"]["eval"]["synthetic"]["accuracy"] == 120.0
     assert (layout_for(params, 0).stage_dir("srlm", 1, PREFERENCE_STAGE) / DIAGNOSTICS).exists()
+
+
+def test_the_command_line_rewrites_the_block_and_names_a_missing_marker(tmp_path, capsys):
+    fake_run(tmp_path, [0])
+    write_report(load(tmp_path / "r" / "params.json"))
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(begin=README_BEGIN, end=README_END))
+    assert main(["report", str(tmp_path / "r"), "--readme", str(readme)]) == 0
+    assert "| PSRLM-M2 | 20.0 |" in readme.read_text()
+    readme.write_text("# no markers\n")
+    assert main(["report", str(tmp_path / "r"), "--readme", str(readme)]) == 2
+    assert "psr:results begin" in capsys.readouterr().err
