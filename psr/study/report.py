@@ -216,8 +216,22 @@ def accuracy_table(metrics: dict) -> list[str]:
     return lines
 
 
+def _gains_of_cells(metrics: dict) -> dict:
+    """Last minus first accuracy from one seed's cells (metrics written before `gains` existed)."""
+    out: dict = {}
+    for arm, data in metrics["arms"].items():
+        models = sorted(data, key=lambda m: int(m[1:]))
+        for bench, first in data[models[0]].get("eval", {}).items() if models else ():
+            last = data[models[-1]].get("eval", {}).get(bench)
+            if last and _number(first.get("accuracy")) and _number(last.get("accuracy")):
+                diff = round(last["accuracy"] - first["accuracy"], 3)
+                out.setdefault(arm, {})[bench] = {"from": models[0], "to": models[-1], "mean": diff, "sd": None,
+                                                  "per_seed": [diff]}
+    return out
+
+
 def gains_table(metrics: dict) -> list[str]:
-    gains = metrics.get("gains", {})
+    gains = metrics.get("gains") or _gains_of_cells(metrics)
     rows = [(arm, bench, g) for arm, per in gains.items() for bench, g in per.items()]
     if not rows:
         return ["(no accuracy of a first and a last model)"]
@@ -253,7 +267,7 @@ def judge_table(metrics: dict) -> list[str]:
 def pairs_table(metrics: dict) -> list[str]:
     rows = [(arm, m, c["pairs"]) for arm, data in metrics["arms"].items() for m, c in data.items() if "pairs" in c]
     if not rows:
-        return ["(no pair diagnostics: the task has no answer key)"]
+        return ["(no pair diagnostics in these metrics: the task has no answer key, or the run predates them)"]
     rows.sort(key=lambda r: (list(metrics["arms"]).index(r[0]), int(r[1][1:])))
     lines = ["| Arm | Model | pairs | " + " | ".join(h for _, h in PAIR_COLUMNS)
              + " | judge on own pairs | scorer on own candidates | expansions with a right candidate |",
@@ -415,12 +429,15 @@ def readme_block(metrics: dict, metrics_path: str) -> str:
             _code_line(code)]
     if code.get("commit"):
         head.append(f"`git log {code['commit'][:12]}..HEAD` lists the changes to the code since.")
+    run = Path(metrics_path).parent.as_posix()
     return "\n".join([
         " ".join(head), "",
         "Accuracy (%)" + (" (mean ± sd over seeds)" if len(seeds) > 1 else "") + ":", "", *accuracy_table(metrics), "",
         *gains_table(metrics), "",
+        f"![accuracy by iteration]({run}/accuracy_by_iteration.png)", "",
         "Step-wise judge on held-out step pairs (%):", "", *judge_table(metrics), "",
-        "Pair diagnostics (%): " + PAIRS_NOTE, "", *pairs_table(metrics),
+        "Pair diagnostics (%): " + PAIRS_NOTE, "", *pairs_table(metrics), "",
+        f"![pair diagnostics by iteration]({run}/pairs_by_iteration.png)",
     ])
 
 
