@@ -6,7 +6,7 @@ dependencies hold, at most `run.workers` stages run at once, the critical path (
 first, judging/evaluation of M_k run beside the making of M_k+1, the first failure starts no new
 stage, and each running stage's progress file is watched and cleaned up.
 
-Slow: the whole study through papermill at smoke size: both arms, K = 2, every notebook executed;
+Slow: the whole study through papermill at smoke size: all three arms, K = 2, every notebook executed;
 and a run killed with SIGKILL in the middle of a stage resumes and ends with the same
 metrics.json as an uninterrupted run with the same seed."""
 
@@ -461,18 +461,33 @@ def reference(tmp_path_factory):
 def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
     root, out = reference
     m = json.loads((root / "metrics.json").read_text())
-    assert set(m["arms"]) == {"psrlm", "srlm"}
+    assert set(m["arms"]) == {"psrlm", "srlm", "verified"}
     for arm, models in m["arms"].items():
         assert set(models) == {"M1", "M2", "M3"}
         for name, cell in models.items():
             acc = cell["eval"]["synthetic"]["accuracy"]
             assert 0 <= acc <= 100 and cell["eval"]["synthetic"]["n"] == 8
-            for key in ("accuracy", "position_consistency", "parse_rate"):
-                assert 0 <= cell["judge"][key] <= 100
-            assert set(cell["wall_s"]) >= {"03_judging", "05_evaluate"}
+            if arm != "verified" or name == "M1":  # the verified arm is never judged (its M1 is psrlm's)
+                for key in ("accuracy", "position_consistency", "parse_rate"):
+                    assert 0 <= cell["judge"][key] <= 100
+            if "same_model_as" not in cell:
+                assert "05_evaluate" in cell["wall_s"]
         for k in ("M1", "M2"):
             assert models[k]["search"]["questions"] == 4
             assert "dpo" in models[k]
+            assert models[k]["pairs"]["n"] == models[k]["search"]["pairs"]  # diagnosed with the answer key
+        assert set(m["gains"][arm]["synthetic"]) >= {"from", "to", "mean", "per_seed"}
+    # the verified arm starts from psrlm's M1 and pairs right steps over wrong ones only
+    verified, psrlm = m["arms"]["verified"], m["arms"]["psrlm"]
+    assert verified["M1"]["same_model_as"] == "psrlm" and verified["M1"]["eval"] == psrlm["M1"]["eval"]
+    assert "03_judging" not in verified["M1"]["wall_s"] and "judge" not in verified["M2"]
+    assert verified["M1"]["search"]["judge_calls"] == 0
+    for k in ("M1", "M2"):
+        pairs = verified[k]["pairs"]
+        assert pairs["n"] == 0 or pairs["right_over_wrong"] == 100.0
+        assert pairs["own_scores"]["n"] == 0 or pairs["own_scores"]["accuracy"] == 100.0
+        assert psrlm[k]["pairs"]["own_verdicts"]["n"] >= 0 and "own_scores" in m["arms"]["srlm"][k]["pairs"]
+    assert m["code"]["commit"] and isinstance(m["code"]["dirty"], bool)
     # the warm-up taught the formats: verdicts and scores parse, so there were pairs for DPO to use
     assert m["arms"]["psrlm"]["M1"]["judge"]["parse_rate"] > 50
     assert m["arms"]["srlm"]["M1"]["search"]["score_parse_rate"] > 50
@@ -481,12 +496,15 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
         for k in ("M1", "M2"):
             assert m["arms"][a][k]["dpo"]["pairs"] == m["arms"][a][k]["search"]["pairs"]
     for f in ("report.md", "accuracy_by_iteration.png", "judge_by_iteration.png", "steps_by_iteration.png",
-              "06_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb", "srlm/M3/05_evaluate.ipynb"):
+              "pairs_by_iteration.png", "06_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb",
+              "srlm/M3/05_evaluate.ipynb", "verified/M3/05_evaluate.ipynb", "verified/M1/02_step_search/diagnostics.json"):
         assert (root / f).is_file(), f
-    assert "PSRLM-M3" in (root / "report.md").read_text()
+    assert not (root / "verified" / "M1" / "model").exists() and (root / "verified" / "M2" / "model").is_dir()
+    report = (root / "report.md").read_text()
+    assert "PSRLM-M3" in report and "VERIFIED-M1 (= PSRLM-M1)" in report and "Pair diagnostics" in report
     # a second run finds every stage done and only rewrites the report
     again = finish(psr_run(root.parent, "ref"))
-    assert again.count("skipped") == 2 * 11 and "running" not in again.replace("06_report: running", "")
+    assert again.count("skipped") == 2 * 11 + 6 and "running" not in again.replace("06_report: running", "")
 
 
 def notebook_outputs(path: Path) -> str:
@@ -507,6 +525,8 @@ def notebook_outputs(path: Path) -> str:
 @pytest.mark.slow
 def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
     root, _ = reference
+    search = notebook_outputs(root / "verified" / "M1" / "02_step_search.ipynb")
+    assert "#### Expansion 1: step 1, " in search and "judge, slot A" not in search  # scored by the key
     for arm in ("psrlm", "srlm"):
         warmup = notebook_outputs(root / arm / "M1" / "01_warmup_sft.ipynb")
         assert "records per data file" in warmup and "image" in warmup  # counts and the loss curve
