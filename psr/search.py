@@ -97,8 +97,8 @@ class SelfJudge:
     params: JudgeParams
 
     def score(self, groups: list[Candidates], *, seed: int) -> list[GroupJudgment]:
-        judge_groups_ = [JudgeGroup(g.question.question, list(g.previous_steps), list(g.texts)) for g in groups]
-        return judge_groups(judge_groups_, self.policy, self.params, seed=seed)
+        as_judged = [JudgeGroup(g.question.question, list(g.previous_steps), list(g.texts)) for g in groups]
+        return judge_groups(as_judged, self.policy, self.params, seed=seed)
 
 
 @dataclass
