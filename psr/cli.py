@@ -1,4 +1,5 @@
-"""`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
+"""`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr report RUN_DIR [--readme README.md]`,
+`psr gpu-check`, `psr bench NAME`, `psr smol`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("params", help="preset YAML, e.g. params/tiny.yaml")
     run_p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="dotted override, e.g. -p search.width=4 (repeatable)")
+    report_p = sub.add_parser("report", help="a run's report.md and figures from its metrics.json; with --readme, "
+                                             "the README's results block (between its psr:results markers)")
+    report_p.add_argument("run_dir", help="the run folder, e.g. results/tiny")
+    report_p.add_argument("--readme", metavar="README.md", help="rewrite this file's results block")
+    report_p.add_argument("--collect", action="store_true",
+                          help="first collect metrics.json again from the run's stage files (where the run was made)")
     gpu_p = sub.add_parser("gpu-check", help="QLoRA memory/throughput check with the 7B architecture")
     gpu_p.add_argument("rest", nargs=argparse.REMAINDER)
     bench_p = sub.add_parser("bench", help="benchmarks: search, train, grading")
@@ -51,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         except kernels.StageFailed as e:
             print(f"psr: {e}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "report":
+        try:
+            command("psr.study.report").report_run(args.run_dir, args.readme, collect=args.collect)
+        except (OSError, ValueError) as e:
+            print(f"psr: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "smol":
         print(command("psr.tools.smol").ensure_smol())

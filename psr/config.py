@@ -111,7 +111,9 @@ class Section(BaseModel):
 class RunParams(Section):
     name: Annotated[str, _rule(lambda s: s and "/" not in s, "must be a non-empty folder name")] = "tiny"
     seeds: Annotated[Items[int], non_empty("seed")] = (0,)
-    arms: Annotated[Items[Literal["psrlm", "srlm"]], non_empty("arm"),
+    # psrlm: the paper's loop; srlm: the solution-scoring baseline; verified: the positive control,
+    # psrlm's search and step-DPO from psrlm's M1 with the answer key as scorer (psr.answer_key)
+    arms: Annotated[Items[Literal["psrlm", "srlm", "verified"]], non_empty("arm"),
                     _rule(lambda a: len(set(a)) == len(a), "lists an arm twice")] = ("psrlm", "srlm")
     iterations: Positive = 3  # DPO rounds: M1 -> M(1+iterations); paper: 3 (M1 -> M4)
     results_dir: str = "results"
@@ -334,6 +336,16 @@ class Params(Section):
         if len(pools) < self.run.iterations:
             raise _broken("task.questions_per_iteration",
                           f"needs one pool size per iteration (run.iterations is {self.run.iterations})", pools)
+        return self
+
+    @model_validator(mode="after")
+    def _verified_arm_has_what_it_needs(self) -> Params:
+        arms = self.run.arms
+        if "verified" in arms and "psrlm" not in arms:
+            raise _broken("run.arms", "lists verified without psrlm (the verified arm starts from psrlm's M1)", arms)
+        if "verified" in arms and self.task.kind != "synthetic":
+            raise _broken("run.arms", "lists verified, which needs a per-step answer key: only task.kind "
+                          f"synthetic has one (task.kind is {self.task.kind!r})", arms)
         return self
 
     def to_dict(self) -> dict[str, Any]:

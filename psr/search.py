@@ -1,15 +1,20 @@
 """The step-wise search with pairwise self-judging (paper §3.3) that turns a policy into its own
 preference data (PPD), and the same search as a test-time scaling strategy.
 
-At each step: sample `w` candidate next steps, judge every ordered pair, chosen = argmax wins,
-rejected = argmin wins, continue from the chosen step. If all scores are equal (max == min) the
-previous step and its pair are dropped and the search rolls back one step. A question ends at a
+At each step: sample `w` candidate next steps, score them, chosen = argmax score, rejected =
+argmin score, continue from the chosen step. If all scores are equal (max == min) the previous
+step and its pair are dropped and the search rolls back one step. A question ends at a
 final step (`\\boxed{}` or EOS), at `max_steps` steps, or after `expansion_cap` expansions (the
 paper's "max iteration number", rollbacks included).
 
+The scoring is pluggable (`Scorer`): the paper's self-judge (`SelfJudge`, the default: the
+policy judges every ordered pair, a candidate's score is its wins) or any other scorer a caller
+passes in, such as the answer-key scorer of the verified control arm (`psr.answer_key`). The
+search itself never sees an answer: it takes `Question`s, which have no answer field, and a
+scorer that knows answers must be handed to it explicitly.
+
 All active questions advance in lockstep: one generate call for all their candidates and one
-judge call for all their comparisons per round. The search takes `Question`s, which have no
-answer field: gold answers cannot reach it.
+scorer call (for the self-judge: one judge call for all comparisons) per round.
 
 Resume: a finished question's pairs are appended to `out_path`, *then* its status line to the
 status log beside it. On start, pairs of questions without a status line (a kill between the two
@@ -24,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from psr.config import JudgeParams, SearchParams
 from psr.engines import derive_seed
@@ -62,6 +67,38 @@ class SearchCounters:
         self.consistent += verdicts.n_consistent
         self.unordered_pairs += verdicts.n_unordered
         self.judge_tokens += verdicts.n_tokens
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One question's distinct candidate next steps at one expansion, as a scorer sees them.
+    `finals[i]`: candidate i ends the solution (a `\\boxed{}` step or EOS)."""
+
+    question: Question
+    previous_steps: list[str]
+    texts: list[str]
+    finals: list[bool]
+
+
+class Scorer(Protocol):
+    """Scores every group of candidates of one round: one `GroupJudgment` per group, whose `wins`
+    are the candidates' scores (chosen = argmax, rejected = argmin, all equal = roll back) and
+    whose counters say what judging it took (all zero for a scorer that does not judge)."""
+
+    def score(self, groups: list[Candidates], *, seed: int) -> list[GroupJudgment]: ...
+
+
+@dataclass(frozen=True)
+class SelfJudge:
+    """The paper's scorer (Eq. 2): the policy judges every ordered pair of a group's candidates
+    with the judge prompt; a candidate's score is the number of comparisons it won."""
+
+    policy: Policy
+    params: JudgeParams
+
+    def score(self, groups: list[Candidates], *, seed: int) -> list[GroupJudgment]:
+        as_judged = [JudgeGroup(g.question.question, list(g.previous_steps), list(g.texts)) for g in groups]
+        return judge_groups(as_judged, self.policy, self.params, seed=seed)
 
 
 @dataclass
@@ -158,6 +195,31 @@ class ExpansionTrace:
     judge_texts: list[str] = field(default_factory=list)  # the judge's output per judgment
     stop: str = ""
     expansion: int = 0  # 1-based among this question's expansions
+
+
+class ExpansionLog:
+    """An `on_expansion` hook that keeps every expansion of the search in a JSON-lines file (for
+    analysis after the search: nothing in the search reads it). A question's expansions are
+    appended together when it ends, so a kill leaves no half-searched question in the file; the
+    judge's texts and the raw samples are left out to keep it small. A question searched again
+    after a kill is logged again: `read_expansions` keeps one copy (a resumed question replays
+    exactly)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._open: dict[str, list[ExpansionTrace]] = {}
+
+    def __call__(self, trace: ExpansionTrace) -> None:
+        self._open.setdefault(trace.question_id, []).append(
+            dataclasses.replace(trace, judge_texts=[], samples=[]))
+        if trace.stop:
+            append_jsonl(self.path, self._open.pop(trace.question_id))
+
+
+def read_expansions(path: str | Path) -> list[ExpansionTrace]:
+    """An `ExpansionLog` file, one trace per (question, expansion): the last copy of each."""
+    traces = {(t.question_id, t.expansion): t for t in read_jsonl(path, ExpansionTrace)}
+    return list(traces.values())
 
 
 @dataclass
@@ -297,7 +359,7 @@ def _run(
     states: list[_State],
     policy: Policy,
     search: SearchParams,
-    judge: JudgeParams,
+    scorer: Scorer,
     *,
     iteration: int,
     seed: int,
@@ -335,10 +397,10 @@ def _run(
             distinct = [distinct_candidates(cs, fs) for cs, fs in zip(sampled, finals)]
             contents, finals = [d[0] for d in distinct], [d[1] for d in distinct]
             judged = [i for i, cs in enumerate(contents) if len(cs) >= 2]
-            groups = [JudgeGroup(active[i].question.question, list(active[i].steps), contents[i]) for i in judged]
-            results = judge_groups(
-                groups, policy, judge, seed=derive_seed(seed, iteration, "judge", round_index)
-            ) if groups else []
+            groups = [Candidates(active[i].question, list(active[i].steps), contents[i], finals[i]) for i in judged]
+            results = scorer.score(groups, seed=derive_seed(seed, iteration, "judge", round_index)) if groups else []
+            if len(results) != len(groups):
+                raise RuntimeError(f"scorer returned {len(results)} scorings for {len(groups)} groups")
             verdicts: list[GroupJudgment | None] = [None] * len(active)
             for i, r in zip(judged, results):
                 verdicts[i] = r
@@ -437,13 +499,16 @@ def step_search(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     on_expansion: Callable[[ExpansionTrace], None] | None = None,
+    scorer: Scorer | None = None,
 ) -> SearchStats:
     """Search every question, append its PPD pairs to `out_path` (JSON lines of `PPDPair`) and
     return totals. Questions already in the status log are skipped, so rerunning after a kill
     resumes. Pairs of unfinished questions are kept only if `search.keep_unfinished`.
 
-    `on_progress(done, total)`: called at the start (resumed questions count as done) and as
-    each question finishes. `on_expansion(trace)`: called once per expansion (`ExpansionTrace`)."""
+    `scorer`: how candidates are scored (default: `SelfJudge(policy, judge)`, the paper's
+    self-judge). `on_progress(done, total)`: called at the start (resumed questions count as
+    done) and as each question finishes. `on_expansion(trace)`: called once per expansion
+    (`ExpansionTrace`)."""
     _check_inputs(questions, search)
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -466,7 +531,7 @@ def step_search(
             on_progress(resumed + len(fresh), len(questions))
 
     _run(
-        _reasoning_states(todo, policy), policy, search, judge,
+        _reasoning_states(todo, policy), policy, search, scorer or SelfJudge(policy, judge),
         iteration=iteration, seed=seed, on_done=write_done, on_expansion=on_expansion, progress=progress,
         desc=f"step search (iteration {iteration})", initial=resumed, total=len(questions),
     )
@@ -483,15 +548,16 @@ def trace_search(
     *,
     iteration: int,
     seed: int,
+    scorer: Scorer | None = None,
 ) -> list[ExpansionTrace]:
     """Every expansion of one question's search, re-run in a temporary folder. Samples depend
     only on (seed, prompt) and a question's e-th expansion always falls in round e, so with the
-    stage's policy, params, iteration and seed this is the search the stage ran for it."""
+    stage's policy, params, scorer, iteration and seed this is the search the stage ran for it."""
     traces: list[ExpansionTrace] = []
     with tempfile.TemporaryDirectory(prefix="psr-trace-") as tmp:
         step_search(
             [question], policy, search, judge, iteration=iteration, seed=seed,
-            out_path=Path(tmp) / "ppd.jsonl", progress=False, on_expansion=traces.append,
+            out_path=Path(tmp) / "ppd.jsonl", progress=False, on_expansion=traces.append, scorer=scorer,
         )
     return traces
 
@@ -504,13 +570,15 @@ def solve_with_search(
     seed: int,
     *,
     progress: bool = True,
+    scorer: Scorer | None = None,
 ) -> list[str]:
     """Test-time scaling (paper §5.2): the same search, keeping the best candidate at every step
-    and no pairs; returns each question's solution text (`Step 1: ...`), partial if a cap hit."""
+    and no pairs; returns each question's solution text (`Step 1: ...`), partial if a cap hit.
+    `scorer`: as in `step_search`."""
     _check_inputs(questions, search)
     states = _reasoning_states(questions, policy)
     _run(
-        states, policy, search, judge,
+        states, policy, search, scorer or SelfJudge(policy, judge),
         iteration=0, seed=derive_seed(seed, "solve"), on_done=lambda s: None, progress=progress,
         desc="search-based solving",
     )

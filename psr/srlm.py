@@ -35,6 +35,17 @@ class SRLMQuestionResult:
 
 
 @dataclass
+class ScoredSolutions:
+    """One question's sampled solutions with their mean scores (None: no score parsed), as
+    `srlm_pairs(on_scored=...)` reports them for analysis after the fact (srlm.jsonl keeps only
+    the pair's two texts)."""
+
+    id: str
+    solutions: list[str]
+    scores: list[float | None]
+
+
+@dataclass
 class SRLMStats:
     questions: int
     pairs: int
@@ -58,10 +69,12 @@ def srlm_pairs(
     chunk_size: int = 32,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    on_scored: Callable[[list[ScoredSolutions]], None] | None = None,
 ) -> SRLMStats:
     """Score and pair every question not yet in `out_path`, a chunk at a time; then summarise the
     file. `on_progress(done, total)`: called at the start (questions already in the file count as
-    done) and after each chunk."""
+    done) and after each chunk. `on_scored(rows)`: each chunk's solutions and scores, just before
+    the chunk's results are appended (a kill in between reports that chunk again on resume)."""
     out_path = Path(out_path)
     start = time.perf_counter()
     done = {r.id for r in _read(out_path)}
@@ -87,11 +100,14 @@ def srlm_pairs(
             score_prompts, n=params.n_score_repeats, temperature=params.temperature, top_p=params.top_p,
             max_new_tokens=params.score_max_new_tokens, stop=None, seed=derive_seed(seed, iteration, "scores"),
         )
-        results = []
+        results, texts = [], []
         for qi, (q, sols) in enumerate(zip(chunk, solutions)):
             rows = scored[qi * params.n_candidates : (qi + 1) * params.n_candidates]
             raw = [[parse_score(r.text) for r in row] for row in rows]
-            results.append(_pair(q, [s.text.strip() for s in sols], raw, iteration))
+            texts.append([s.text.strip() for s in sols])
+            results.append(_pair(q, texts[-1], raw, iteration))
+        if on_scored:
+            on_scored([ScoredSolutions(r.id, t, list(r.scores)) for r, t in zip(results, texts)])
         append_jsonl(out_path, results)
         bar.update(len(chunk))
         if on_progress:
@@ -119,6 +135,11 @@ def _pair(q: Question, texts: list[str], raw: list[list[float | None]], iteratio
                 )
             )
     return SRLMQuestionResult(id=q.id, scores=[round(m, 4) if m is not None else None for m in means], pair=pair)
+
+
+def read_scored(path: str | Path) -> list[ScoredSolutions]:
+    """A file of `on_scored` rows, one per question (the last copy of a question reported twice)."""
+    return list({r.id: r for r in read_jsonl(path, ScoredSolutions)}.values())
 
 
 def _read(path: Path) -> list[SRLMQuestionResult]:

@@ -97,6 +97,14 @@ def test_pools_must_cover_every_iteration():
         load(TINY, ["run.iterations=4"])
 
 
+def test_the_verified_arm_needs_psrlm_and_the_synthetic_task():
+    assert load(TINY).run.arms == ("psrlm", "srlm", "verified")
+    with pytest.raises(ConfigError, match="run.arms .*psrlm's M1"):
+        load(TINY, ["run.arms=[srlm, verified]"])
+    with pytest.raises(ConfigError, match="run.arms .*per-step answer key"):
+        load(TINY, ["task.kind=real"])
+
+
 def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
     (tmp_path / "accel.yaml").write_text("distributed_type: MULTI_GPU\nnum_processes: 2\n")
     with pytest.raises(ConfigError, match="run.workers") as e:
@@ -108,7 +116,7 @@ def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
 def test_tiny_digest_is_pinned():
     """Stage keys and lineage digests hash `to_dict()`: a change here invalidates every finished run."""
     p = load(TINY)
-    assert p.digest() == "583df77ce71925d3"
+    assert p.digest() == "3a1a776ad7a3158a"  # the whole params (no stage key hashes the run section)
     assert p.digest("search") == "0e21d8b6dacf4055" and p.digest("dpo") == "2542568e93205f8d"
     data = p.to_dict()
     assert data["source"] == str(TINY) and data["run"]["seeds"] == [0] and isinstance(data["task"]["operations"], list)

@@ -6,7 +6,7 @@ dependencies hold, at most `run.workers` stages run at once, the critical path (
 first, judging/evaluation of M_k run beside the making of M_k+1, the first failure starts no new
 stage, and each running stage's progress file is watched and cleaned up.
 
-Slow: the whole study through papermill at smoke size: both arms, K = 2, every notebook executed;
+Slow: the whole study through papermill at smoke size: all three arms, K = 2, every notebook executed;
 and a run killed with SIGKILL in the middle of a stage resumes and ends with the same
 metrics.json as an uninterrupted run with the same seed."""
 
@@ -27,7 +27,7 @@ import pytest
 from psr.config import load
 from psr.study import graph as graph_module
 from psr.study.graph import Task, dependencies, plan, run_graph, study_graph
-from psr.study.keys import stage_key
+from psr.study.keys import model_key, stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
 from psr.study.layout import layout_for
 from psr.study.progress import PROGRESS_FILE, ProgressBoard, ProgressWriter, progress_path, read_progress
@@ -230,9 +230,10 @@ def run_fake(params, fake: FakeNotebooks) -> list[str]:
 
 
 def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
-    params = tiny_params(tmp_path)
+    params = tiny_params(tmp_path)  # psrlm, srlm, verified
     graph = study_graph(params)
-    assert len(graph) == 2 * len(plan(params)) == 2 * 11
+    assert len(plan(params, "psrlm")) == len(plan(params, "srlm")) == 11
+    assert len(graph) == 2 * 11 + len(plan(params, "verified"))
 
     def t(stage, k, arm="psrlm"):
         return Task(0, arm, stage, k)
@@ -245,6 +246,24 @@ def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
     assert graph[t("05_evaluate", 3, "srlm")] == (t("04_step_dpo", 2, "srlm"),)
     with pytest.raises(ValueError, match="unknown stage"):
         dependencies(t("07_nothing", 1))
+
+
+def test_the_verified_chain_starts_from_psrlms_m1_and_is_never_judged(tmp_path):
+    params = tiny_params(tmp_path)
+    assert plan(params, "verified") == [("02_step_search", 1), ("04_step_dpo", 1), ("02_step_search", 2),
+                                        ("04_step_dpo", 2), ("05_evaluate", 2), ("05_evaluate", 3)]
+    graph = study_graph(params)
+    psrlm_m1 = Task(0, "psrlm", "01_warmup_sft", 1)
+    assert graph[Task(0, "verified", "02_step_search", 1)] == (psrlm_m1,)
+    assert set(graph[Task(0, "verified", "04_step_dpo", 1)]) == {psrlm_m1, Task(0, "verified", "02_step_search", 1)}
+    assert graph[Task(0, "verified", "05_evaluate", 2)] == (Task(0, "verified", "04_step_dpo", 1),)
+    # its M1 is psrlm's model, file and key; what it makes from there is its own
+    layout = layout_for(params, 0)
+    assert layout.model_dir("verified", 1) == layout.model_dir("psrlm", 1) == tmp_path / "sched" / "psrlm" / "M1" / "model"
+    assert layout.model_dir("verified", 2) == tmp_path / "sched" / "verified" / "M2" / "model"
+    assert model_key(params, 0, "verified", 1) == stage_key(params, 0, "psrlm", "01_warmup_sft", 1)
+    assert stage_key(params, 0, "verified", "02_step_search", 1) != stage_key(params, 0, "psrlm", "02_step_search", 1)
+    assert model_key(params, 0, "verified", 2) != model_key(params, 0, "psrlm", 2)
 
 
 def test_run_graph_rejects_bad_graphs_before_running_anything():
@@ -379,7 +398,7 @@ def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_p
 
 
 def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(tmp_path, settled):
-    params = tiny_params(tmp_path)
+    params = tiny_params(tmp_path, "run.arms=[psrlm, srlm]")
     # the SRLM warm-up is still running when the PSRLM search fails
     seconds = {"01_warmup_sft": 1, "02_step_search": 1, ("srlm", "01_warmup_sft"): 12}
     fake = FakeNotebooks(fail=("psrlm", "02_step_search", 1))
@@ -425,7 +444,7 @@ def test_the_runner_clears_stale_progress_and_watches_each_running_stage(tmp_pat
 
     run_stages("params/tiny.yaml", [], params, log=lambda m: None, execute=execute, board=Board())
     tags = [e[1] for e in seen[::2]]
-    assert sorted(t.split(" (")[0] for t in tags) == sorted(f"[psrlm] {s} M{k}" for s, k in plan(params))
+    assert sorted(t.split(" (")[0] for t in tags) == sorted(f"[psrlm] {s} M{k}" for s, k in plan(params, "psrlm"))
     # one stage at a time: each watched from its start (with no stale file) to its end
     assert seen == [e for tag in tags for e in (("add", tag, None), ("remove", tag))]
     assert not list(tmp_path.rglob(PROGRESS_FILE))  # nothing left that a later run could show
@@ -442,18 +461,33 @@ def reference(tmp_path_factory):
 def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
     root, out = reference
     m = json.loads((root / "metrics.json").read_text())
-    assert set(m["arms"]) == {"psrlm", "srlm"}
+    assert set(m["arms"]) == {"psrlm", "srlm", "verified"}
     for arm, models in m["arms"].items():
         assert set(models) == {"M1", "M2", "M3"}
         for name, cell in models.items():
             acc = cell["eval"]["synthetic"]["accuracy"]
             assert 0 <= acc <= 100 and cell["eval"]["synthetic"]["n"] == 8
-            for key in ("accuracy", "position_consistency", "parse_rate"):
-                assert 0 <= cell["judge"][key] <= 100
-            assert set(cell["wall_s"]) >= {"03_judging", "05_evaluate"}
+            if arm != "verified" or name == "M1":  # the verified arm is never judged (its M1 is psrlm's)
+                for key in ("accuracy", "position_consistency", "parse_rate"):
+                    assert 0 <= cell["judge"][key] <= 100
+            if "same_model_as" not in cell:
+                assert "05_evaluate" in cell["wall_s"]
         for k in ("M1", "M2"):
             assert models[k]["search"]["questions"] == 4
             assert "dpo" in models[k]
+            assert models[k]["pairs"]["n"] == models[k]["search"]["pairs"]  # diagnosed with the answer key
+        assert set(m["gains"][arm]["synthetic"]) >= {"from", "to", "mean", "per_seed"}
+    # the verified arm starts from psrlm's M1 and pairs right steps over wrong ones only
+    verified, psrlm = m["arms"]["verified"], m["arms"]["psrlm"]
+    assert verified["M1"]["same_model_as"] == "psrlm" and verified["M1"]["eval"] == psrlm["M1"]["eval"]
+    assert "03_judging" not in verified["M1"]["wall_s"] and "judge" not in verified["M2"]
+    assert verified["M1"]["search"]["judge_calls"] == 0
+    for k in ("M1", "M2"):
+        pairs = verified[k]["pairs"]
+        assert pairs["n"] == 0 or pairs["right_over_wrong"] == 100.0
+        assert pairs["own_scores"]["n"] == 0 or pairs["own_scores"]["accuracy"] == 100.0
+        assert psrlm[k]["pairs"]["own_verdicts"]["n"] >= 0 and "own_scores" in m["arms"]["srlm"][k]["pairs"]
+    assert m["code"]["commit"] and isinstance(m["code"]["dirty"], bool)
     # the warm-up taught the formats: verdicts and scores parse, so there were pairs for DPO to use
     assert m["arms"]["psrlm"]["M1"]["judge"]["parse_rate"] > 50
     assert m["arms"]["srlm"]["M1"]["search"]["score_parse_rate"] > 50
@@ -462,12 +496,15 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
         for k in ("M1", "M2"):
             assert m["arms"][a][k]["dpo"]["pairs"] == m["arms"][a][k]["search"]["pairs"]
     for f in ("report.md", "accuracy_by_iteration.png", "judge_by_iteration.png", "steps_by_iteration.png",
-              "06_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb", "srlm/M3/05_evaluate.ipynb"):
+              "pairs_by_iteration.png", "06_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb",
+              "srlm/M3/05_evaluate.ipynb", "verified/M3/05_evaluate.ipynb", "verified/M1/02_step_search/diagnostics.json"):
         assert (root / f).is_file(), f
-    assert "PSRLM-M3" in (root / "report.md").read_text()
+    assert not (root / "verified" / "M1" / "model").exists() and (root / "verified" / "M2" / "model").is_dir()
+    report = (root / "report.md").read_text()
+    assert "PSRLM-M3" in report and "VERIFIED-M1 (= PSRLM-M1)" in report and "Pair diagnostics" in report
     # a second run finds every stage done and only rewrites the report
     again = finish(psr_run(root.parent, "ref"))
-    assert again.count("skipped") == 2 * 11 and "running" not in again.replace("06_report: running", "")
+    assert again.count("skipped") == 2 * 11 + 6 and "running" not in again.replace("06_report: running", "")
 
 
 def notebook_outputs(path: Path) -> str:
@@ -488,6 +525,8 @@ def notebook_outputs(path: Path) -> str:
 @pytest.mark.slow
 def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
     root, _ = reference
+    search = notebook_outputs(root / "verified" / "M1" / "02_step_search.ipynb")
+    assert "#### Expansion 1: step 1, " in search and "judge, slot A" not in search  # scored by the key
     for arm in ("psrlm", "srlm"):
         warmup = notebook_outputs(root / arm / "M1" / "01_warmup_sft.ipynb")
         assert "records per data file" in warmup and "image" in warmup  # counts and the loss curve

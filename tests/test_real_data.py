@@ -355,6 +355,6 @@ def test_benchmark_questions_are_kept_out(cache, tmp_path):
 
 
 def test_real_task_needs_sources():
-    params = load(ROOT / "params" / "tiny.yaml").replace({"task.kind": "real"})
+    params = load(ROOT / "params" / "tiny.yaml").replace({"task.kind": "real", "run.arms": ["psrlm", "srlm"]})
     with pytest.raises(ValueError, match="task.ift_source is empty"):
         real.build_real_task(params, seed=0)

@@ -21,6 +21,7 @@ from psr.models import build_tiny_model, set_threads, train_tokenizer
 from psr.policy import Policy
 from psr.records import PPDPair, Problem, Question
 from psr.search import (
+    ExpansionLog,
     ExpansionTrace,
     QuestionStatus,
     SearchCounters,
@@ -28,6 +29,7 @@ from psr.search import (
     _advance,
     _State,
     pair_question_id,
+    read_expansions,
     solve_with_search,
     status_path,
     step_search,
@@ -360,6 +362,26 @@ def test_every_expansion_is_traced(tmp_path, tok, templates):
     [p1, p2] = read_jsonl(out, PPDPair)
     assert [(p.chosen, p.rejected) for p in (p1, p2)] == [
         (t.candidates[t.chosen], t.candidates[t.rejected]) for t in traces]
+
+
+def test_the_expansion_log_holds_every_expansion_of_finished_questions_once_across_a_kill(tmp_path, tok, templates):
+    questions = climbs(1, 2, 3)
+    traces: list[ExpansionTrace] = []
+    run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first), tok, templates,
+        name="full.jsonl", on_expansion=traces.append)
+    log_path = tmp_path / "expansions.jsonl"
+    with pytest.raises(Crash):  # killed in round 3: c1 and c2 have finished, c3 has not
+        run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first, fail_after=5), tok, templates,
+            on_expansion=ExpansionLog(log_path))
+    assert {t.question_id for t in read_expansions(log_path)} == {"c1", "c2"}
+    run(tmp_path, questions, ScriptedGenerator(policy=ladder, judge=good_first), tok, templates,
+        on_expansion=ExpansionLog(log_path))
+    logged = sorted(read_expansions(log_path), key=lambda t: (t.question_id, t.expansion))
+    expected = sorted(traces, key=lambda t: (t.question_id, t.expansion))
+    assert [(t.question_id, t.expansion, t.candidates, t.wins, t.chosen, t.rejected, t.outcome) for t in logged] == [
+        (t.question_id, t.expansion, t.candidates, t.wins, t.chosen, t.rejected, t.outcome) for t in expected]
+    assert [[tuple(j) for j in t.judgments] for t in logged] == [t.judgments for t in expected]
+    assert all(t.judge_texts == [] and t.samples == [] for t in logged)  # kept small
 
 
 def dice(q, steps, n, seed, visit):

@@ -9,10 +9,11 @@ import pytest
 
 from psr.config import SRLMParams
 from psr.engines import Sample
+from psr.io import write_jsonl
 from psr.models import train_tokenizer
 from psr.policy import Policy
 from psr.records import Question
-from psr.srlm import load_pairs, srlm_pairs
+from psr.srlm import load_pairs, read_scored, srlm_pairs
 
 PARAMS = SRLMParams(n_candidates=3, n_score_repeats=2, max_new_tokens=8, score_max_new_tokens=8)
 
@@ -69,3 +70,16 @@ def test_progress_per_chunk_and_resume_without_redoing_questions(tmp_path, tok, 
                        on_progress=lambda *a: seen.append(a))
     assert seen == [(3, 5), (5, 5)] and again.calls == [(2, 3), (6, 2)]  # only q3 and q4
     assert stats.questions == 5 and stats.pairs == 4
+
+
+def test_every_scored_solution_is_reported_for_analysis_once_per_question(tmp_path, tok, templates):
+    path = tmp_path / "scored.jsonl"
+    rows = []
+    srlm_pairs(questions(3), Policy(ScoringModel(), tok, templates), PARAMS, iteration=1, seed=0,
+               out_path=tmp_path / "srlm.jsonl", chunk_size=2, progress=False, on_scored=rows.extend)
+    assert [(r.id, r.solutions, r.scores) for r in rows] == [
+        ("q0", ["answer 0", "answer 1", "answer 2"], [1.0, 2.0, 3.0]),
+        ("q1", ["answer 1"] * 3, [2.0] * 3),
+        ("q2", ["answer 0", "answer 1", "answer 2"], [1.0, 2.0, 3.0])]
+    write_jsonl(path, rows + rows[:1])  # a question reported again after a kill
+    assert [r.id for r in read_scored(path)] == ["q0", "q1", "q2"]

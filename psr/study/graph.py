@@ -3,6 +3,8 @@
 Stages of one (seed, arm) chain, K = `run.iterations` (`plan`):
     01_warmup_sft(M1); for k in 1..K: 02_step_search(Mk), 03_judging(Mk), 04_step_dpo(Mk -> Mk+1),
     05_evaluate(Mk); then 03_judging(MK+1), 05_evaluate(MK+1).
+An arm that starts from another arm's M1 (the verified arm, from psrlm's: `psr.study.arms`) runs
+no 01/03/05 on that M1, and its M1 stages depend on the other arm's 01_warmup_sft.
 A stage needs only the model it reads (`dependencies`): M1 <- 01; M(k+1) <- 04(k); 02(k), 03(k),
 05(k) <- Mk; 04(k) <- 02(k). Nothing waits for 03/05 but the report, so the judging and evaluation
 of Mk can run beside the search and DPO that make Mk+1: of the ready stages, the one with the
@@ -19,17 +21,19 @@ from graphlib import TopologicalSorter
 from typing import Any, TypeVar
 
 from psr.config import Params
+from psr.study.arms import model_arm, runs_stage
 from psr.study.keys import STAGES
 
 
-def plan(params: Params) -> list[tuple[str, int]]:
-    """(stage, k) of one chain, each after the stages it depends on (one valid sequential order)."""
+def plan(params: Params, arm: str) -> list[tuple[str, int]]:
+    """(stage, k) of one arm's chain, each after the stages it depends on (one valid sequential
+    order); the stages `psr.study.arms.runs_stage` leaves out for that arm are not in it."""
     K = params.run.iterations
     steps: list[tuple[str, int]] = [("01_warmup_sft", 1)]
     for k in range(1, K + 1):
         steps += [("02_step_search", k), ("03_judging", k), ("04_step_dpo", k), ("05_evaluate", k)]
     steps += [("03_judging", K + 1), ("05_evaluate", K + 1)]
-    return steps
+    return [(stage, k) for stage, k in steps if runs_stage(arm, stage, k)]
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,16 @@ class Task:
 
 
 def dependencies(task: Task) -> tuple[Task, ...]:
-    """The stages `task` reads the output of: the stage that made its model M_k, and for step-DPO the
-    search that made its pairs."""
+    """The stages `task` reads the output of: the stage that made its model M_k (another arm's
+    warm-up for an arm that starts from that arm's M1), and for step-DPO the search that made its
+    pairs."""
     if task.stage not in STAGES:
         raise ValueError(f"unknown stage {task.stage!r} (stages: {', '.join(STAGES)})")
     if task.stage == "01_warmup_sft":
         return ()
     if task.k < 1:
         raise ValueError(f"{task}: k must be >= 1")
-    made_model = (Task(task.seed, task.arm, "01_warmup_sft", 1) if task.k == 1
+    made_model = (Task(task.seed, model_arm(task.arm, 1), "01_warmup_sft", 1) if task.k == 1
                   else Task(task.seed, task.arm, "04_step_dpo", task.k - 1))
     if task.stage == "04_step_dpo":
         return (made_model, Task(task.seed, task.arm, "02_step_search", task.k))
@@ -62,7 +67,7 @@ def study_graph(params: Params) -> dict[Task, tuple[Task, ...]]:
     """Every stage of every (seed, arm) chain, mapped to its dependencies; seeds, arms and `plan`
     order preserved (the tie-break between stages equally urgent)."""
     return {t: dependencies(t) for seed in params.run.seeds for arm in params.run.arms
-            for t in (Task(seed, arm, stage, k) for stage, k in plan(params))}
+            for t in (Task(seed, arm, stage, k) for stage, k in plan(params, arm))}
 
 
 # Rough relative cost of a stage, used only to rank ready stages (see a run's metrics.json wall_s).

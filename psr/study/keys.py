@@ -2,7 +2,7 @@
 an interrupted one.
 
 A key hashes the stage's name, seed, arm, k, the params sections it reads and the key of the stage
-that made its input model. A stage is skipped when its done-marker holds the same key; otherwise
+that made its input model (another arm's warm-up for the verified arm's M1). A stage is skipped when its done-marker holds the same key; otherwise
 it runs, keeping its partial files only when they were made for the same key. Markers are written
 last and atomically, so a `kill -9` never leaves a stage that looks done but is not.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from psr.config import Params
 from psr.io import read_json
+from psr.study.arms import model_arm
 from psr.study.layout import Layout
 
 # the params sections each stage reads
@@ -43,8 +44,10 @@ def stage_key(params: Params, seed: int, arm: str, stage: str, k: int) -> str:
 
 
 def model_key(params: Params, seed: int, arm: str, k: int) -> str:
+    """The key of the stage that made `arm`'s M_k (for M1 of an arm that starts from another
+    arm's M1, that arm's warm-up)."""
     if k == 1:
-        return stage_key(params, seed, arm, "01_warmup_sft", 1)
+        return stage_key(params, seed, model_arm(arm, 1), "01_warmup_sft", 1)
     return stage_key(params, seed, arm, "04_step_dpo", k - 1)
 
 

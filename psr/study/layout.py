@@ -6,6 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psr.config import Params
+from psr.study.arms import model_arm
+
+SUMMARY = "summary.json"  # what every stage returns, in its folder (`psr.study.report` reads these)
+# The preference stage (step search for the step arms, solution scoring for SRLM) kept the id it
+# had before the SRLM arm existed: folders, notebooks and resume markers are named by it.
+PREFERENCE_STAGE = "02_step_search"
+# Beside a preference stage's pairs, what its scorer saw (inputs of the pair diagnostics, which
+# the report computes after the fact into DIAGNOSTICS; nothing in any loop reads these files).
+EXPANSIONS = "expansions.jsonl"  # step arms: every expansion of every finished question
+SCORED = "scored.jsonl"  # SRLM: every sampled solution with its mean score
+DIAGNOSTICS = "diagnostics.json"
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,8 @@ class Layout:
         return self.seed_dir / "data"
 
     def model_dir(self, arm: str, k: int) -> Path:
-        return self.seed_dir / arm / f"M{k}" / "model"
+        """`arm`'s M_k: in the folder of the arm that made it (psrlm/M1 for the verified arm's M1)."""
+        return self.seed_dir / model_arm(arm, k) / f"M{k}" / "model"
 
     def stage_dir(self, arm: str, k: int, stage: str) -> Path:
         return self.seed_dir / arm / f"M{k}" / stage

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from psr.config import Params, load
-from psr.io import write_json
+from psr.io import read_json, write_json
 from psr.study.data import prepare_data
 from psr.study.graph import Task, remaining_path, run_graph, study_graph
 from psr.study.keys import STAGES, is_done, reset_if_stale, stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
 from psr.study.layout import layout_for, run_root
 from psr.study.progress import ProgressBoard, remove_progress
+from psr.study.provenance import code_version, with_earlier
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks"
 
@@ -45,7 +46,9 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print, 
     root = run_root(params)
     root.mkdir(parents=True, exist_ok=True)
     resolved = root / "params.json"  # what every notebook of this run reads (psr.study.context)
-    write_json(resolved, {"source": str(params_path), "overrides": overrides, "params": params.to_dict()})
+    previous = read_json(resolved).get("code") if resolved.exists() else None
+    write_json(resolved, {"source": str(params_path), "overrides": overrides, "params": params.to_dict(),
+                          "code": with_earlier(code_version(), previous)})
     start = time.perf_counter()
     log(f"psr run {params_path} -> {root}  (arms: {', '.join(params.run.arms)}; seeds: {list(params.run.seeds)}; "
         f"M1 -> M{params.run.iterations + 1})")

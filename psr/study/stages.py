@@ -14,27 +14,25 @@ import time
 from pathlib import Path
 
 from psr import lineage
+from psr.answer_key import AnswerKeyScorer, task_answer_key
 from psr.engines import HFGenerator, VLLMGenerator
 from psr.evaluate import evaluate
 from psr.grading import extract_answer, is_equiv
-from psr.io import read_json, read_jsonl, write_json
+from psr.io import append_jsonl, read_json, read_jsonl, write_json
 from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import is_adapter_dir, load_policy
 from psr.policy import Policy
 from psr.prompts import parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
-from psr.search import step_search, trace_search
+from psr.search import ExpansionLog, Scorer, SelfJudge, step_search, trace_search
 from psr.srlm import load_pairs, srlm_pairs
+from psr.study.arms import searches_steps, shares_model, uses_answer_key
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
+from psr.study.layout import EXPANSIONS, PREFERENCE_STAGE, SCORED, SUMMARY
 from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
-
-SUMMARY = "summary.json"
-# The preference stage (step search for PSRLM, solution scoring for SRLM) kept the id it had
-# before the SRLM arm existed: folders, notebooks and resume markers are named by it.
-PREFERENCE_STAGE = "02_step_search"
 
 
 def _tokenizer(ctx: Context):
@@ -62,10 +60,12 @@ def _training_callbacks(ctx: Context, progress: ProgressWriter) -> list | None:
 
 def warmup_stage(ctx: Context) -> dict:
     """M0 -> M1: SFT on IFT + EFT (step-pair EFT for PSRLM, solution-scoring EFT for SRLM)."""
+    if shares_model(ctx.arm, 1):
+        raise ValueError(f"the {ctx.arm} arm has no warm-up of its own: its M1 is {ctx.model_dir}")
     p, data = ctx.params, prepare_data(ctx.params, ctx.layout)
     tokenizer = _tokenizer(ctx)
     ift = load_records(data, "ift", IFTRecord)
-    if ctx.arm == "psrlm":
+    if searches_steps(ctx.arm):
         examples = sft_examples(ift, load_records(data, "eft", EFTRecord), ctx.templates, tokenizer)
     else:
         examples = srlm_sft_examples(ift, load_records(data, "srlm_eft", SRLMEFTRecord), ctx.templates, tokenizer)
@@ -127,33 +127,48 @@ def pool(ctx: Context) -> list[Question]:
 # ----------------------------------------------------------------------------- 02 preferences
 
 
+def scorer_for(ctx: Context, policy: Policy) -> Scorer:
+    """What scores the candidates of a step arm's search: M_k itself as judge (PSRLM), or the
+    task's answer key (the verified control). This is the only place an answer key is handed to
+    a search, and only for the arm `psr.study.arms.uses_answer_key` names."""
+    if not uses_answer_key(ctx.arm):
+        return SelfJudge(policy, ctx.params.judge)
+    key = task_answer_key(ctx.params.task.kind)
+    if key is None:
+        raise ValueError(f"the {ctx.arm} arm needs an answer key; task.kind {ctx.params.task.kind!r} has none")
+    return AnswerKeyScorer(key)
+
+
 def preference_stage(ctx: Context, policy: Policy | None = None) -> dict:
-    """PPD(M_k): the self-judged step search (PSRLM) or whole-solution self-scoring (SRLM).
-    `policy`: M_k opened already by `policy_for` (else opened here)."""
+    """PPD(M_k): the step search (PSRLM: self-judged; verified: scored by the answer key) or
+    whole-solution self-scoring (SRLM). `policy`: M_k opened already by `policy_for` (else opened
+    here). Beside the pairs it keeps what the scorer saw (`EXPANSIONS`, `SCORED`) for the report."""
     p = ctx.params
     d = ctx.stage_dir(PREFERENCE_STAGE)
     policy = policy or policy_for(ctx)
     questions = pool(ctx)
     with _progress(ctx, PREFERENCE_STAGE) as progress:
-        if ctx.arm == "psrlm":
+        if searches_steps(ctx.arm):
             stats = step_search(
                 questions, policy, p.search, p.judge,
                 iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
                 on_progress=progress.begin("search", "questions"),
+                on_expansion=ExpansionLog(d / EXPANSIONS), scorer=scorer_for(ctx, policy),
             )
         else:
             stats = srlm_pairs(
                 questions, policy, p.srlm,
                 iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
                 on_progress=progress.begin("score", "questions"),
+                on_scored=lambda rows: append_jsonl(d / SCORED, rows),
             )
     return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
 def preference_pairs(ctx: Context) -> list:
-    """M_k's preference pairs: `PPDPair`s (PSRLM) or `SolutionPair`s (SRLM)."""
+    """M_k's preference pairs: `PPDPair`s (step arms) or `SolutionPair`s (SRLM)."""
     d = ctx.layout.stage_dir(ctx.arm, ctx.k, PREFERENCE_STAGE)
-    if ctx.arm == "psrlm":
+    if searches_steps(ctx.arm):
         return read_jsonl(d / "ppd.jsonl", PPDPair) if (d / "ppd.jsonl").exists() else []
     return load_pairs(d / "srlm.jsonl")
 
@@ -187,11 +202,11 @@ def judging_stage(ctx: Context, policy: Policy | None = None) -> dict:
 
 
 def dpo_stage(ctx: Context) -> dict:
-    """M_k -> M_{k+1}: step-DPO on PPD(M_k) (PSRLM) or solution DPO (SRLM)."""
+    """M_k -> M_{k+1}: step-DPO on PPD(M_k) (step arms) or solution DPO (SRLM)."""
     p = ctx.params
     pairs = preference_pairs(ctx)
     tokenizer = _tokenizer(ctx)
-    if ctx.arm == "psrlm":
+    if searches_steps(ctx.arm):
         examples = step_dpo_examples(pairs, ctx.templates, tokenizer)
     else:
         examples = solution_dpo_examples(pairs, ctx.templates, tokenizer)
@@ -270,7 +285,7 @@ def ift_examples(ctx: Context, n: int = 2) -> list[IFTRecord]:
 
 
 def eft_examples(ctx: Context, n: int = 3) -> list:
-    name, rtype = ("eft", EFTRecord) if ctx.arm == "psrlm" else ("srlm_eft", SRLMEFTRecord)
+    name, rtype = ("eft", EFTRecord) if searches_steps(ctx.arm) else ("srlm_eft", SRLMEFTRecord)
     return load_records(ctx.layout.data_dir, name, rtype)[:n]
 
 
@@ -294,11 +309,12 @@ def sample_solutions(ctx: Context, n: int = 3, policy: Policy | None = None) -> 
 
 def trace_one(ctx: Context, policy: Policy | None = None, index: int = 0) -> tuple[Question, list]:
     """One pool question's search replayed expansion by expansion (`psr.search.trace_search`, the
-    stage's iteration and seed), for the notebook to show; it writes nothing."""
+    stage's scorer, iteration and seed), for the notebook to show; it writes nothing."""
     policy = policy or policy_for(ctx)
     question = pool(ctx)[index]
     p = ctx.params
-    return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed)
+    return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed,
+                                  scorer=scorer_for(ctx, policy))
 
 
 def srlm_examples(ctx: Context) -> list[dict]:
@@ -342,8 +358,8 @@ def dpo_example(ctx: Context, index: int = 0) -> dict | None:
         return None
     pair = pairs[min(index, len(pairs) - 1)]
     tokenizer = _tokenizer(ctx)
-    build = step_dpo_examples if ctx.arm == "psrlm" else solution_dpo_examples
-    final = (pair.is_final, pair.rejected_is_final) if ctx.arm == "psrlm" else (True, True)
+    build = step_dpo_examples if searches_steps(ctx.arm) else solution_dpo_examples
+    final = (pair.is_final, pair.rejected_is_final) if searches_steps(ctx.arm) else (True, True)
     return {"pair": pair, "example": build([pair], ctx.templates, tokenizer)[0], "tokenizer": tokenizer,
             "final": final}
 
