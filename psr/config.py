@@ -140,6 +140,11 @@ class TaskParams(Section):
     min_steps: Positive = 2
     max_steps: int = 4
     test_max_steps: int = 5  # the held-out test includes problems longer than training
+    # easy-to-hard: judge data (EFT, its test split, SRLM EFT) and search pools may hold longer
+    # problems than the IFT solutions the policy learns from (0 = the IFT range)
+    eft_max_steps: NonNegative = 0
+    pool_min_steps: NonNegative = 0
+    pool_max_steps: NonNegative = 0
     max_operand: Annotated[int, at_least(2)] = 50
     operations: Annotated[Items[str], _rule(lambda ops: ops and all(op in ("+", "-", "*") for op in ops),
                                             "must be a non-empty subset of + - *")] = ("+", "-", "*")
@@ -169,6 +174,12 @@ class TaskParams(Section):
             raise _broken("test_max_steps", "must be >= max_steps", self.test_max_steps)
         if self.max_value < self.max_operand:
             raise _broken("max_value", "must be >= max_operand", self.max_value)
+        if self.eft_max_steps and self.eft_max_steps < self.max_steps:
+            raise _broken("eft_max_steps", "must be 0 or >= max_steps", self.eft_max_steps)
+        if self.pool_max_steps and self.pool_max_steps < (self.pool_min_steps or self.min_steps):
+            raise _broken("pool_max_steps", "must be 0 or >= pool_min_steps", self.pool_max_steps)
+        if self.pool_min_steps and self.pool_min_steps > (self.pool_max_steps or self.max_steps):
+            raise _broken("pool_min_steps", "must be <= pool_max_steps", self.pool_min_steps)
         return self
 
 

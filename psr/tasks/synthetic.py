@@ -511,12 +511,14 @@ def build_task(params: TaskParams, seed: int) -> TaskData:
         return rng, _unique_problems(rng, n, params, lo, hi, name, seen)
 
     lo, hi = params.min_steps, params.max_steps
+    judge_hi = params.eft_max_steps or hi
+    pool_lo, pool_hi = params.pool_min_steps or lo, params.pool_max_steps or hi
     _, test = split("test", params.n_test, lo, params.test_max_steps)
-    eft_test_rng, eft_test = split("eft_test", params.n_eft_test, lo, hi)
-    pools = [split(f"pool{i}", n, lo, hi)[1] for i, n in enumerate(params.questions_per_iteration, start=1)]
-    eft_rng, eft = split("eft", params.n_eft, lo, hi)
+    eft_test_rng, eft_test = split("eft_test", params.n_eft_test, lo, judge_hi)
+    pools = [split(f"pool{i}", n, pool_lo, pool_hi)[1] for i, n in enumerate(params.questions_per_iteration, start=1)]
+    eft_rng, eft = split("eft", params.n_eft, lo, judge_hi)
     _, ift = split("ift", params.n_ift, lo, hi)
-    srlm_rng, srlm = split("srlm", params.n_srlm_eft, lo, hi)
+    srlm_rng, srlm = split("srlm", params.n_srlm_eft, lo, judge_hi)
     return TaskData(
         ift=[IFTRecord(id=p.id, question=p.question, steps=p.steps) for p, _ in ift],
         eft=_eft_records(eft_rng, eft),
