@@ -363,3 +363,19 @@ def test_varied_wording_is_the_default_and_uses_many_templates(task):
 def test_unknown_wording_is_rejected():
     with pytest.raises(ConfigError, match="wording"):
         Params().replace({"task.wording": "fancy"})
+
+
+def test_easy_to_hard_knobs_lengthen_judge_data_and_pools_only(task):
+    """`eft_max_steps` lengthens the judge's data (EFT, its test split, SRLM EFT) and the pool
+    knobs the search questions; the IFT solutions the policy learns from keep the IFT range, and
+    the default (0) writes exactly the task it wrote before."""
+    hard = syn.build_task(PARAMS.model_copy(update={"eft_max_steps": 6, "pool_min_steps": 5, "pool_max_steps": 6}), 0)
+    ops = lambda q: len(syn.parse_question(q).ops)  # noqa: E731
+    assert max(ops(r.question) for r in hard.eft) == 6 and max(ops(r.question) for r in hard.eft_test) == 6
+    assert max(ops(r.question) for r in hard.srlm_eft) == 6
+    assert {ops(q.question) for pool in hard.pools for q in pool} == {5, 6}
+    assert max(len(r.steps) - 1 for r in hard.ift) == PARAMS.max_steps
+    assert max(ops(r.question) for r in task.eft) == PARAMS.max_steps
+    assert syn.build_task(PARAMS.model_copy(update={"eft_max_steps": 0, "pool_max_steps": 0}), 0) == task
+    with pytest.raises(ConfigError, match="eft_max_steps"):
+        Params().replace({"task.eft_max_steps": 3})
