@@ -255,6 +255,10 @@ class SearchParams(Section):
     max_tokens_per_batch: Positive = 32768
     backend: Literal["hf", "vllm"] = "hf"
     tensor_parallel_size: Positive = 1  # vLLM: GPUs one engine shards the model over (backend=vllm)
+    # true: scores are wins among the *distinct* candidate texts and w identical samples are taken
+    # without judging (ours); false: the paper's literal rule, every one of the w candidates
+    # judged over all w(w-1) ordered pairs, all-equal scores roll back (duplicates included)
+    dedupe_candidates: bool = True
 
 
 class JudgeParams(Section):
