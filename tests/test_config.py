@@ -108,8 +108,8 @@ def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
 def test_tiny_digest_is_pinned():
     """Stage keys and lineage digests hash `to_dict()`: a change here invalidates every finished run."""
     p = load(TINY)
-    assert p.digest() == "583df77ce71925d3"
-    assert p.digest("search") == "0e21d8b6dacf4055" and p.digest("dpo") == "2542568e93205f8d"
+    assert p.digest() == "d3c744831f05f96c"  # task.eft_judgments/segmenter/teacher, search.dedupe_candidates added
+    assert p.digest("search") == "71be97faf809abe2" and p.digest("dpo") == "2542568e93205f8d"
     data = p.to_dict()
     assert data["source"] == str(TINY) and data["run"]["seeds"] == [0] and isinstance(data["task"]["operations"], list)
     assert list(data) == ["run", "task", "model", "prompts", "warmup", "search", "judge", "dpo", "srlm", "eval", "source"]

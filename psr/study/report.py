@@ -66,6 +66,19 @@ def _attach_sd(agg: Any, per_seed: list[Any]) -> None:
             m["judge"]["per_seed"] = vals
 
 
+def _data_provenance(params: Params) -> dict[str, dict]:
+    """Per seed, who wrote the EFT judgments and segmented the IFT solutions (the data manifest's
+    `provenance`, which only the real task writes)."""
+    out = {}
+    for seed in params.run.seeds:
+        manifest = layout_for(params, seed).data_dir / "manifest.json"
+        if manifest.exists():
+            provenance = read_json(manifest).get("provenance")
+            if provenance:
+                out[str(seed)] = provenance
+    return out
+
+
 def collect_metrics(params: Params) -> dict:
     arms = {}
     for arm in params.run.arms:
@@ -73,7 +86,11 @@ def collect_metrics(params: Params) -> dict:
         agg = _aggregate(per_seed)
         _attach_sd(agg, per_seed)
         arms[arm] = agg
-    return {"run": params.run.name, "seeds": list(params.run.seeds), "params": params.to_dict(), "arms": arms}
+    metrics = {"run": params.run.name, "seeds": list(params.run.seeds), "params": params.to_dict(), "arms": arms}
+    data = _data_provenance(params)
+    if data:
+        metrics["data"] = data
+    return metrics
 
 
 def _fmt(cell: dict | None, key: str = "accuracy") -> str:
@@ -87,6 +104,28 @@ def _num(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
+def _data_lines(data: dict[str, dict]) -> list[str]:
+    """The warm-up data's makers per seed, and a flag when any EFT judgment is the fixed template."""
+    if not data:
+        return []
+    lines = ["## Warm-up data", "",
+             "| Seed | EFT judgments | teacher | pairs judged | pairs kept | kept rate (%) | template share (%) "
+             "| IFT segmenter | model splits | rule fallbacks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = False
+    for seed, d in data.items():
+        e, i = d.get("eft", {}), d.get("ift", {})
+        flagged |= bool(e.get("template_share"))
+        cells = [seed, e.get("judgments"), e.get("teacher"), e.get("pairs_judged"), e.get("pairs_kept"),
+                 e.get("kept_rate"), e.get("template_share"), i.get("segmenter"), i.get("segmented_by_model"),
+                 i.get("rule_fallbacks")]
+        lines.append("| " + " | ".join("–" if c is None else _num(c) for c in cells) + " |")
+    if flagged:
+        lines += ["", "**EFT judgments from the fixed template** (`task.eft_judgments: template`): the judge "
+                  "learned one fixed sentence per verdict, not a written analysis as in the paper."]
+    return lines + [""]
+
+
 def report_markdown(metrics: dict) -> str:
     arms = metrics["arms"]
     models = sorted({m for a in arms.values() for m in a}, key=lambda s: int(s[1:]))
@@ -94,6 +133,7 @@ def report_markdown(metrics: dict) -> str:
     seeds = metrics.get("seeds", [])
     lines = [f"# Run `{metrics['run']}`", "",
              f"Seeds: {seeds}" + (" (cells: mean ± sd over seeds)" if len(seeds) > 1 else ""), "",
+             *_data_lines(metrics.get("data", {})),
              "## Accuracy (%) by iteration (paper Table 1 layout)", "",
              "| Model | " + " | ".join(benches) + (" | Avg. |" if len(benches) > 1 else " |"),
              "|---|" + "---|" * (len(benches) + (1 if len(benches) > 1 else 0))]
