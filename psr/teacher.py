@@ -5,18 +5,20 @@ through its own chat template, and decodes greedily.
 
 A teacher job (thousands of judgments from a large model) can run for hours, so its outputs are
 remembered in a JSON-lines cache (`CachedGenerator`): a killed build resumes where it stopped,
-and `psr run` after `psr build-eft` with the same teacher reuses every judgment.
+and `psr run` after `psr build-eft` with the same teacher reuses every judgment without loading
+the teacher at all (`DeferredGenerator`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from psr.config import ModelParams, TeacherParams
 from psr.engines import Generator, HFGenerator, Sample, VLLMGenerator
 from psr.io import append_jsonl, jsonl_rows
 from psr.lineage import model_identity, sha256_json
-from psr.models import load_policy, load_tokenizer, resolve_model_name
+from psr.models import load_model, load_tokenizer, resolve_model_name
 from psr.policy import Policy
 from psr.prompts import Templates
 
@@ -72,21 +74,37 @@ def teacher_identity(teacher: TeacherParams) -> str:
     return sha256_json([model_identity(resolve_model_name(teacher.name_or_path)), teacher.chat_template])
 
 
+class DeferredGenerator:
+    """A generator built on its first call: with every output already cached, the teacher model is
+    never loaded (a 72B teacher takes minutes to load)."""
+
+    def __init__(self, build: Callable[[], Generator]):
+        self.build = build
+        self.inner: Generator | None = None
+
+    def generate(self, prompts: list[str], **kwargs) -> list[list[Sample]]:
+        if self.inner is None:
+            self.inner = self.build()
+        return self.inner.generate(prompts, **kwargs)
+
+
 def load_teacher(teacher: TeacherParams, templates: Templates, cache_path: str | Path | None = None) -> Policy:
-    """The teacher as a `Policy` (generator, its tokenizer, the run's templates), on the backend
-    `teacher.backend` names, its outputs cached in `cache_path` when given."""
+    """The teacher as a `Policy` (generator, its tokenizer, the run's templates) on the backend
+    `teacher.backend` names. With `cache_path`, outputs are cached there and the model itself is
+    loaded only when a prompt is not in the cache."""
     if not teacher.name_or_path:
         raise ValueError("task.teacher.name_or_path is empty: name the teacher model")
     model_params = teacher_model_params(teacher)
-    generator: Generator
-    if teacher.backend == "vllm":  # pragma: no cover - GPU
-        path = resolve_model_name(teacher.name_or_path)
-        generator = VLLMGenerator(path, dtype=teacher.dtype, trust_remote_code=teacher.trust_remote_code,
-                                  tensor_parallel_size=teacher.tensor_parallel_size, seed=0)
-        tokenizer = load_tokenizer(path, model_params)
-    else:
-        model, tokenizer = load_policy(teacher.name_or_path, model_params)
-        generator = HFGenerator(model, tokenizer, max_tokens_per_batch=teacher.max_tokens_per_batch)
-    if cache_path is not None:
-        generator = CachedGenerator(generator, cache_path, teacher_identity(teacher))
+    path = resolve_model_name(teacher.name_or_path)
+    tokenizer = load_tokenizer(path, model_params)
+
+    def build() -> Generator:
+        if teacher.backend == "vllm":  # pragma: no cover - GPU
+            return VLLMGenerator(path, dtype=teacher.dtype, trust_remote_code=teacher.trust_remote_code,
+                                 tensor_parallel_size=teacher.tensor_parallel_size, seed=0)
+        return HFGenerator(load_model(path, model_params), tokenizer, max_tokens_per_batch=teacher.max_tokens_per_batch)
+
+    if cache_path is None:
+        return Policy(build(), tokenizer, templates)
+    generator = CachedGenerator(DeferredGenerator(build), cache_path, teacher_identity(teacher))
     return Policy(generator, tokenizer, templates)

@@ -25,7 +25,7 @@ from psr.steps import join_steps
 from psr.study.data import prepare_data
 from psr.study.layout import layout_for
 from psr.tasks import eft, real, rows, segment, sources
-from psr.teacher import CachedGenerator
+from psr.teacher import CachedGenerator, DeferredGenerator
 from psr.tools import build_eft as build_eft_tool
 from tests.conftest import SLOT_A, SLOT_B, ScriptedGenerator
 
@@ -247,6 +247,20 @@ def test_the_cache_answers_greedy_prompts_it_has_seen_and_passes_sampling_throug
     sampled = gen.generate(["p"], n=2, temperature=0.7, top_p=1.0, max_new_tokens=8, stop=None, seed=0)
     assert len(sampled[0]) == 2 and inner.prompts[-1] == "p"
     assert len(read_jsonl(path)) == 3  # p, q for "m"; p for "other"
+
+
+def test_a_fully_cached_teacher_is_never_loaded(tmp_path):
+    built: list[int] = []
+
+    def build():
+        built.append(1)
+        return Counting()
+
+    greedy = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8, stop=None, seed=0)
+    CachedGenerator(DeferredGenerator(build), tmp_path / "c.jsonl", "m").generate(["p"], **greedy)
+    assert built == [1]
+    CachedGenerator(DeferredGenerator(build), tmp_path / "c.jsonl", "m").generate(["p"], **greedy)
+    assert built == [1]
 
 
 def _tiny_teacher(folder: Path) -> Path:
