@@ -1,5 +1,5 @@
 """`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr report RUN_DIR [--readme README.md]`,
-`psr gpu-check`, `psr bench NAME`, `psr smol`."""
+`psr build-eft PARAMS`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
         return command("psr.tools.gpu_check").main(argv[1:])
+    if argv[:1] == ["build-eft"]:  # its own options and help (psr.tools.build_eft)
+        try:
+            return command("psr.tools.build_eft").main(argv[1:])
+        except ConfigError as e:
+            print(f"psr: {e}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="psr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the whole study (papermill executes the notebooks in order)")
@@ -39,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_p = sub.add_parser("bench", help="benchmarks: search, train, grading")
     bench_p.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("smol", help="convert SmolLM2-135M-Instruct (model name `smol`) once into a local folder")
+    sub.add_parser("build-eft", help="step-pair EFT judged by the preset's teacher model (psr build-eft -h)")
     args = parser.parse_args(argv)
 
     if args.command == "run":

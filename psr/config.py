@@ -132,6 +132,22 @@ class RunParams(Section):
         return self
 
 
+class TeacherParams(Section):
+    """A local model standing in for the paper's o1 (real task only): it writes the EFT judgments
+    (`task.eft_judgments: teacher`) and, when asked, splits IFT solutions into steps
+    (`task.segmenter: model`). Decoding is greedy: the teacher's text is data, not a sample."""
+
+    name_or_path: str = ""  # a model folder, a hub name, or `smol`
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    trust_remote_code: bool = False
+    chat_template: str = ""  # override the teacher tokenizer's template (Jinja text), empty = keep
+    backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: Positive = 1  # vLLM: GPUs the teacher is sharded over
+    max_new_tokens: Positive = 1024  # per judgment (an analysis, then the verdict)
+    max_tokens_per_batch: Positive = 32768  # HF backend: prompt + new tokens per forward batch
+    batch_pairs: Positive = 64  # step pairs (two judgments each) sent to the generator at once
+
+
 class TaskParams(Section):
     """Where questions, IFT/EFT data and test sets come from."""
 
@@ -165,6 +181,15 @@ class TaskParams(Section):
     question_source: str = ""
     # SRLM warm-up: how many solution-scoring EFT records
     n_srlm_eft: NonNegative = 2000
+    # real task: who writes the EFT judgments. `teacher`: `task.teacher` analyses each PRM800K step
+    # pair in both orders and a pair is kept only when both verdicts agree with the human labels
+    # (the paper's o1 filter); `template`: one fixed sentence per pair, a fallback a preset must
+    # ask for (the report flags it)
+    eft_judgments: Literal["teacher", "template"] = "teacher"
+    # real task: how IFT solutions become steps. `rule`: sentence by sentence (psr.steps);
+    # `model`: `task.teacher` splits them (the paper's Figure 3), rule where its split changes the text
+    segmenter: Literal["rule", "model"] = "rule"
+    teacher: TeacherParams = Field(default_factory=TeacherParams)
 
     @model_validator(mode="after")
     def _lengths_and_values_nest(self) -> TaskParams:
@@ -180,7 +205,20 @@ class TaskParams(Section):
             raise _broken("pool_max_steps", "must be 0 or >= pool_min_steps", self.pool_max_steps)
         if self.pool_min_steps and self.pool_min_steps > (self.pool_max_steps or self.max_steps):
             raise _broken("pool_min_steps", "must be <= pool_max_steps", self.pool_min_steps)
+        if self.kind == "real" and not self.teacher.name_or_path:
+            if self.eft_judgments == "teacher":
+                raise _broken("teacher.name_or_path", "is required when task.eft_judgments is 'teacher' "
+                              "(or ask for the fixed-sentence fallback: task.eft_judgments: template)",
+                              self.teacher.name_or_path)
+            if self.segmenter == "model":
+                raise _broken("teacher.name_or_path", "is required when task.segmenter is 'model'",
+                              self.teacher.name_or_path)
         return self
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether building this task runs the teacher model."""
+        return self.kind == "real" and (self.eft_judgments == "teacher" or self.segmenter == "model")
 
 
 class LoraParams(Section):
@@ -268,6 +306,10 @@ class SearchParams(Section):
     max_tokens_per_batch: Positive = 32768
     backend: Literal["hf", "vllm"] = "hf"
     tensor_parallel_size: Positive = 1  # vLLM: GPUs one engine shards the model over (backend=vllm)
+    # true: scores are wins among the *distinct* candidate texts and w identical samples are taken
+    # without judging (ours); false: the paper's literal rule, every one of the w candidates
+    # judged over all w(w-1) ordered pairs, all-equal scores roll back (duplicates included)
+    dedupe_candidates: bool = True
 
 
 class JudgeParams(Section):

@@ -13,6 +13,11 @@ passes in, such as the answer-key scorer of the verified control arm (`psr.answe
 search itself never sees an answer: it takes `Question`s, which have no answer field, and a
 scorer that knows answers must be handed to it explicitly.
 
+Duplicates (`search.dedupe_candidates`): by default scores are wins among the *distinct*
+candidate texts and w identical samples are taken without judging (`distinct_candidates`); with
+`false` the paper's rule is applied literally: all w samples are judged over all w(w-1) ordered
+pairs, copies included, and all-equal scores (as w identical samples always give) roll back.
+
 All active questions advance in lockstep: one generate call for all their candidates and one
 scorer call (for the self-judge: one judge call for all comparisons) per round.
 
@@ -173,8 +178,9 @@ class SearchStats:
 class ExpansionTrace:
     """One expansion of one question, as `step_search(on_expansion=...)` reports it (a notebook
     draws a question's search tree from these). Steps are contents without `Step n: `, as in PPD
-    pairs. `candidates` are the distinct texts among the w samples, in first-seen order: the ones
-    judged, which `judgments`, `wins`, `chosen` and `rejected` index; `samples` keeps all w.
+    pairs. `candidates` are the ones judged, which `judgments`, `wins`, `chosen` and `rejected`
+    index: the distinct texts among the w samples in first-seen order (`search.dedupe_candidates`),
+    or all w samples (the paper's literal rule); `samples` keeps all w.
 
     `outcome`: "pair" (chosen and rejected differ: a PPD pair, kept unless a later rollback drops
     it), "unanimous" (one distinct candidate: taken without judging), "rollback" (all scores
@@ -394,8 +400,11 @@ def _run(
                 raise RuntimeError(f"generator returned a wrong number of samples for {len(active)} prompts")
             sampled = [[strip_marker(x.text) for x in row] for row in samples]
             finals = [[is_final(c) or x.finish_reason == "eos" for c, x in zip(cs, row)] for cs, row in zip(sampled, samples)]
-            distinct = [distinct_candidates(cs, fs) for cs, fs in zip(sampled, finals)]
-            contents, finals = [d[0] for d in distinct], [d[1] for d in distinct]
+            if search.dedupe_candidates:
+                distinct = [distinct_candidates(cs, fs) for cs, fs in zip(sampled, finals)]
+                contents, finals = [d[0] for d in distinct], [d[1] for d in distinct]
+            else:  # the paper's literal rule: every sample is a candidate, copies included
+                contents = sampled
             judged = [i for i, cs in enumerate(contents) if len(cs) >= 2]
             groups = [Candidates(active[i].question, list(active[i].steps), contents[i], finals[i]) for i in judged]
             results = scorer.score(groups, seed=derive_seed(seed, iteration, "judge", round_index)) if groups else []

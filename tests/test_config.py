@@ -102,7 +102,7 @@ def test_the_verified_arm_needs_psrlm_and_the_synthetic_task():
     with pytest.raises(ConfigError, match="run.arms .*psrlm's M1"):
         load(TINY, ["run.arms=[srlm, verified]"])
     with pytest.raises(ConfigError, match="run.arms .*per-step answer key"):
-        load(TINY, ["task.kind=real"])
+        load(TINY, ["task.kind=real", "task.eft_judgments=template"])
 
 
 def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
@@ -116,8 +116,8 @@ def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
 def test_tiny_digest_is_pinned():
     """Stage keys and lineage digests hash `to_dict()`: a change here invalidates every finished run."""
     p = load(TINY)
-    assert p.digest() == "ef89003d7146560d"  # the whole params (new task knobs change it, their defaults not the data)
-    assert p.digest("search") == "0e21d8b6dacf4055" and p.digest("dpo") == "2542568e93205f8d"
+    assert p.digest() == "ef74cf0ddf13f151"  # the whole params: new knobs change it, their defaults not the data
+    assert p.digest("search") == "71be97faf809abe2" and p.digest("dpo") == "2542568e93205f8d"
     data = p.to_dict()
     assert data["source"] == str(TINY) and data["run"]["seeds"] == [0] and isinstance(data["task"]["operations"], list)
     assert list(data) == ["run", "task", "model", "prompts", "warmup", "search", "judge", "dpo", "srlm", "eval", "source"]

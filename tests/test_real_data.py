@@ -177,8 +177,11 @@ def test_accept_segmentation():
 def test_llm_segment_falls_back_on_a_random_model(tmp_path):
     import torch
 
+    from psr.config import PromptParams
+    from psr.engines import HFGenerator
     from psr.models import build_tiny_model, train_tokenizer
-    from psr.prompts import chat_prompt
+    from psr.policy import Policy
+    from psr.prompts import Templates, chat_prompt
 
     torch.set_num_threads(1)
     raws = [rows.RawSolution("ift-a", "What is $2+3$?", "We add: $2 + 3 = 5$.\nSo the answer is $\\boxed{5}$."),
@@ -186,9 +189,10 @@ def test_llm_segment_falls_back_on_a_random_model(tmp_path):
     corpus = [segment.SEGMENT_PROMPT.format(question=r.question, solution=r.solution) for r in raws] * 4
     tok = train_tokenizer(corpus, 300, tmp_path / "m")
     params = ModelParams(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300)
-    build_tiny_model(params, tok, seed=0).save_pretrained(tmp_path / "m")
+    model = build_tiny_model(params, tok, seed=0)
     assert chat_prompt(tok, "x")  # the tiny tokenizer has a chat template
-    records, fallbacks = segment.llm_segment(raws, tmp_path / "m", params, batch_size=2, max_new_tokens=12)
+    teacher = Policy(HFGenerator(model, tok), tok, Templates.from_params(PromptParams()))
+    records, fallbacks = segment.llm_segment(raws, teacher, batch_size=1, max_new_tokens=12)
     assert fallbacks == ["ift-a", "ift-b"]
     assert records == [ift.rule_segment(r) for r in raws]
 
@@ -263,15 +267,26 @@ def test_eft_split_both_orders_and_held_out_by_question(prm):
         eft.build_eft(prm, n_train=6, n_test=2, seed=0)
 
 
-def test_eft_teacher_judgments_and_disagreement_filter(prm):
-    def teacher(question, previous, a, b, verdict):
-        return f"Checking both steps of '{question}': {verdict}'s is right. [[{verdict}]]"
+class _Writer:
+    """A judgment writer from a function of one shown pair."""
 
-    train, test, _ = eft.build_eft(prm, 2, 1, seed=0, judgment_fn=teacher)
+    def __init__(self, fn):
+        self.fn = fn
+
+    def write(self, shown):
+        return [self.fn(s) for s in shown]
+
+    def describe(self):
+        return {"judgments": "teacher", "teacher": "scripted"}
+
+
+def test_eft_teacher_judgments_and_disagreement_filter(prm):
+    right = _Writer(lambda s: f"Checking both steps of '{s.question}': {s.verdict}'s is right. [[{s.verdict}]]")
+    train, test, _ = eft.build_eft(prm, 2, 1, seed=0, writer=right)
     assert all(r.judgment.startswith("Checking both steps") for r in train + test)
     stats: dict = {}
     with pytest.raises(ValueError, match="only 0 test pairs"):
-        eft.build_eft(prm, 1, 1, seed=0, judgment_fn=lambda *args: "A is better. [[A]]", stats=stats)
+        eft.build_eft(prm, 1, 1, seed=0, writer=_Writer(lambda s: "A is better. [[A]]"), stats=stats)
 
 
 def test_srlm_eft_scores_whole_solutions(prm):
@@ -316,6 +331,7 @@ def _fixture_params(**extra):
         "task.kind": "real", "task.ift_source": NUMINA, "task.eft_source": PRM, "task.question_source": NUMINA,
         "task.n_ift": 3, "task.n_eft": 3, "task.n_eft_test": 2, "task.n_srlm_eft": 2,
         "task.questions_per_iteration": [1, 1, 1], "run.arms": ["psrlm", "srlm"], "eval.benchmark_dir": "",
+        "task.eft_judgments": "template",
     }
     overrides.update(extra)
     return load(ROOT / "params" / "tiny.yaml").replace(overrides)
@@ -355,6 +371,7 @@ def test_benchmark_questions_are_kept_out(cache, tmp_path):
 
 
 def test_real_task_needs_sources():
-    params = load(ROOT / "params" / "tiny.yaml").replace({"task.kind": "real", "run.arms": ["psrlm", "srlm"]})
+    params = load(ROOT / "params" / "tiny.yaml").replace({"task.kind": "real", "run.arms": ["psrlm", "srlm"],
+                                                          "task.eft_judgments": "template"})
     with pytest.raises(ValueError, match="task.ift_source is empty"):
         real.build_real_task(params, seed=0)

@@ -197,3 +197,39 @@ def test_the_command_line_rewrites_the_block_and_names_a_missing_marker(tmp_path
     readme.write_text("# no markers\n")
     assert main(["report", str(tmp_path / "r"), "--readme", str(readme)]) == 2
     assert "psr:results begin" in capsys.readouterr().err
+
+
+def _write_provenance(params, seed, provenance):
+    data_dir = layout_for(params, seed).data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_json(data_dir / "manifest.json", {"digest": "x", "seed": seed, "counts": {}, "provenance": provenance})
+
+
+def test_synthetic_data_adds_no_data_section(tmp_path):
+    params = fake_run(tmp_path, [0])
+    layout = layout_for(params, 0)
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    write_json(layout.data_dir / "manifest.json", {"digest": "x", "seed": 0, "counts": {}})  # no provenance
+    metrics = write_report(params)
+    assert "data" not in metrics and "Warm-up data" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_teacher_and_template_eft_are_reported_and_the_template_flagged(tmp_path):
+    params = fake_run(tmp_path, [0, 1])
+    teacher = {"eft": {"judgments": "teacher", "teacher": "Qwen/Qwen2.5-7B-Instruct", "pairs_judged": 40,
+                       "pairs_kept": 10, "kept_rate": 25.0, "template_share": 0.0},
+               "ift": {"segmenter": "model", "teacher": "Qwen/Qwen2.5-7B-Instruct", "segmented_by_model": 7,
+                       "rule_fallbacks": 3}}
+    _write_provenance(params, 0, teacher)
+    metrics = write_report(params)
+    assert metrics["data"] == {"0": teacher}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| 0 | teacher | Qwen/Qwen2.5-7B-Instruct | 40 | 10 | 25.0 | 0.0 | model | 7 | 3 |" in report
+    assert "fixed template" not in report
+    _write_provenance(params, 1, {"eft": {"judgments": "template", "teacher": None, "pairs_judged": 12,
+                                          "pairs_kept": 12, "kept_rate": 100.0, "template_share": 100.0},
+                                  "ift": {"segmenter": "rule", "teacher": None}})
+    write_report(params)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| 1 | template | – | 12 | 12 | 100.0 | 100.0 | rule | – | – |" in report
+    assert "**EFT judgments from the fixed template**" in report

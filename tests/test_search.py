@@ -543,3 +543,62 @@ def test_trace_search_on_a_real_tiny_model_matches_the_stage(tmp_path, tiny, tem
         traces = trace_search(q, policy, search, GREEDY, iteration=2, seed=4)
         assert surviving_pairs(traces) == [
             (p.previous_steps, p.chosen, p.rejected) for p in pairs if pair_question_id(p) == q.id]
+
+
+# ------------------------------------------------------------------ search.dedupe_candidates
+
+
+def unanimous_then_split(q, steps, n, seed, visit):
+    """The first step: all w samples the same text on its first visit; otherwise a final good step
+    among final bad ones."""
+    k = len(steps) + 1
+    if k == 1 and visit == 0:
+        return ["Step 1: same\nStep 2: x"] * n
+    return [f"Step {k}: good \\boxed{{{k}}}" + EOS_MARK] + [f"Step {k}: bad {i}{EOS_MARK}" for i in range(1, n)]
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_identical_samples_are_taken_unjudged_or_rolled_back_as_the_paper_says(tmp_path, tok, templates, dedupe):
+    """Ours (dedupe): w copies of one step are taken without a judge call. The paper's literal rule:
+    every copy is judged against every other, the scores are all equal, and the step is sampled
+    again (a tie at the first step resamples)."""
+    gen = ScriptedGenerator(policy=unanimous_then_split, judge=good_first)
+    traces: list[ExpansionTrace] = []
+    stats, out = run(tmp_path, climbs(1), gen, tok, templates, search=search_params(dedupe_candidates=dedupe),
+                     on_expansion=traces.append)
+    c = stats.counters
+    [pair] = read_jsonl(out, PPDPair)
+    assert stats.finished == 1
+    if dedupe:
+        assert [t.outcome for t in traces] == ["unanimous", "pair"]
+        assert (c.unanimous, c.ties, c.judge_calls) == (1, 0, 12)
+        assert pair.previous_steps == ["same"] and pair.chosen == "good \\boxed{2}"
+        assert gen.calls == [("policy", 1, 4), ("policy", 1, 4), ("judge", 12, 1)]
+    else:
+        assert [t.outcome for t in traces] == ["rollback", "pair"]
+        assert traces[0].candidates == ["same"] * 4 and len(set(traces[0].wins)) == 1
+        assert (c.unanimous, c.ties, c.rollbacks, c.judge_calls) == (0, 1, 0, 24)
+        assert pair.previous_steps == [] and pair.chosen == "good \\boxed{1}"
+        # the 12 judgments of four identical texts are one distinct prompt, decoded once
+        assert gen.calls == [("policy", 1, 4), ("judge", 1, 1), ("policy", 1, 4), ("judge", 12, 1)]
+
+
+def test_the_literal_rule_scores_every_copy_over_all_ordered_pairs(tmp_path, tok, templates):
+    """Two copies of the good step and two of a bad one, w = 4: 12 judgments. Each good copy beats
+    both bad ones in both slots (4) and its twin once (the judge names slot B for equal texts);
+    each bad copy only beats its twin once."""
+
+    def policy(q, steps, n, seed, visit):
+        return ["Step 1: good \\boxed{1}" + EOS_MARK] * 2 + [f"Step 1: bad{EOS_MARK}"] * (n - 2)
+
+    gen = ScriptedGenerator(policy=policy, judge=good_first)
+    stats, out = run(tmp_path, climbs(1), gen, tok, templates, search=search_params(dedupe_candidates=False))
+    [pair] = read_jsonl(out, PPDPair)
+    assert pair.scores == [5, 5, 1, 1] and pair.chosen == "good \\boxed{1}" and pair.rejected == "bad"
+    # 12 ordered comparisons; greedy judging decodes their 4 distinct prompts once each
+    assert stats.counters.judge_calls == 12 and stats.counters.judge_generations == 4
+    assert gen.calls == [("policy", 1, 4), ("judge", 4, 1)]
+
+
+def test_dedupe_is_the_default():
+    assert SearchParams().dedupe_candidates is True

@@ -15,6 +15,12 @@ from psr.study.layout import Layout
 from psr.tasks.data import corpus, write_task
 from psr.tasks.real import build_real_task
 from psr.tasks.synthetic import build_task as build_synthetic
+from psr.teacher import load_teacher
+
+
+def teacher_cache(root: Path) -> Path:
+    """The teacher's output cache of a run (shared by its seeds and by `psr build-eft`)."""
+    return Path(root) / "teacher" / "cache.jsonl"
 
 
 def prepare_data(params, layout: Layout, log=print) -> Path:
@@ -31,14 +37,17 @@ def prepare_data(params, layout: Layout, log=print) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     templates = Templates.for_params(params)
-    task = build_task(params, layout.seed)
+    task = build_task(params, layout.seed, teacher_cache(layout.root))
     write_task(task, tmp)
     if params.model.kind == "tiny":
         train_tokenizer(corpus(task, templates), params.model.vocab_size, tmp / "tokenizer")
     counts = {name: len(getattr(task, name)) for name in ("ift", "eft", "eft_test", "test", "srlm_eft")}
     counts["pools"] = [len(p) for p in task.pools]
-    write_json(tmp / "manifest.json", {"digest": digest, "seed": layout.seed, "counts": counts,
-                                       "wall_s": round(time.perf_counter() - t0, 2)})
+    manifest_data = {"digest": digest, "seed": layout.seed, "counts": counts}
+    provenance = getattr(task, "provenance", None)
+    if provenance:  # the real task: who wrote EFT judgments and IFT steps (psr.study.report shows it)
+        manifest_data["provenance"] = provenance
+    write_json(tmp / "manifest.json", {**manifest_data, "wall_s": round(time.perf_counter() - t0, 2)})
     if data_dir.exists():
         shutil.rmtree(data_dir)
     os.replace(tmp, data_dir)
@@ -46,10 +55,14 @@ def prepare_data(params, layout: Layout, log=print) -> Path:
     return data_dir
 
 
-def build_task(params, seed: int):
+def build_task(params, seed: int, cache: Path | None = None):
+    """The task's splits; the real task loads the teacher model when the preset asks for one."""
     if params.task.kind == "synthetic":
         return build_synthetic(params.task, seed)
-    return build_real_task(params, seed)
+    teacher = None
+    if params.task.needs_teacher:
+        teacher = load_teacher(params.task.teacher, Templates.for_params(params), cache)
+    return build_real_task(params, seed, teacher)
 
 
 def load_records(data_dir: Path, name: str, record_type):

@@ -152,6 +152,19 @@ def _gains(chains: list[dict[str, dict]]) -> dict:
     return out
 
 
+def _data_provenance(params: Params) -> dict[str, dict]:
+    """Per seed, who wrote the EFT judgments and segmented the IFT solutions (the data manifest's
+    `provenance`, which only the real task writes)."""
+    out = {}
+    for seed in params.run.seeds:
+        manifest = layout_for(params, seed).data_dir / "manifest.json"
+        if manifest.exists():
+            provenance = read_json(manifest).get("provenance")
+            if provenance:
+                out[str(seed)] = provenance
+    return out
+
+
 def collect_metrics(params: Params) -> dict:
     arms, gains = {}, {}
     for arm in params.run.arms:
@@ -161,8 +174,12 @@ def collect_metrics(params: Params) -> dict:
         gains[arm] = _gains(per_seed)
     resolved = run_root(params) / "params.json"
     code = read_json(resolved).get("code") if resolved.exists() else None
-    return {"run": params.run.name, "seeds": list(params.run.seeds), "code": code, "params": params.to_dict(),
-            "arms": arms, "gains": gains}
+    metrics = {"run": params.run.name, "seeds": list(params.run.seeds), "code": code, "params": params.to_dict(),
+               "arms": arms, "gains": gains}
+    data = _data_provenance(params)
+    if data:
+        metrics["data"] = data
+    return metrics
 
 
 # ----------------------------------------------------------------------------- tables
@@ -179,6 +196,28 @@ def _fmt(cell: Any, key: str = "accuracy") -> str:
 def _num(v: Any) -> str:
     v = value(v)
     return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _data_lines(data: dict[str, dict]) -> list[str]:
+    """The warm-up data's makers per seed, and a flag when any EFT judgment is the fixed template."""
+    if not data:
+        return []
+    lines = ["## Warm-up data", "",
+             "| Seed | EFT judgments | teacher | pairs judged | pairs kept | kept rate (%) | template share (%) "
+             "| IFT segmenter | model splits | rule fallbacks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = False
+    for seed, d in data.items():
+        e, i = d.get("eft", {}), d.get("ift", {})
+        flagged |= bool(e.get("template_share"))
+        cells = [seed, e.get("judgments"), e.get("teacher"), e.get("pairs_judged"), e.get("pairs_kept"),
+                 e.get("kept_rate"), e.get("template_share"), i.get("segmenter"), i.get("segmented_by_model"),
+                 i.get("rule_fallbacks")]
+        lines.append("| " + " | ".join("–" if c is None else _num(c) for c in cells) + " |")
+    if flagged:
+        lines += ["", "**EFT judgments from the fixed template** (`task.eft_judgments: template`): the judge "
+                  "learned one fixed sentence per verdict, not a written analysis as in the paper."]
+    return lines + [""]
 
 
 def _signed(v: float | None) -> str:
@@ -298,6 +337,7 @@ def report_markdown(metrics: dict) -> str:
     lines = [f"# Run `{metrics['run']}`", "",
              f"Seeds: {seeds}" + (" (cells: mean ± sd over seeds)" if len(seeds) > 1 else ""), "",
              _code_line(metrics.get("code")), "",
+             *_data_lines(metrics.get("data", {})),
              "## Accuracy (%) by iteration (paper Table 1 layout)", "", *accuracy_table(metrics), "",
              "## Last minus first model, per seed", "", *gains_table(metrics), "",
              "## Step-wise judge on held-out step pairs (paper Table 3 layout)", "", *judge_table(metrics), "",

@@ -5,20 +5,27 @@ solutions scored 1 or 5 for the SRLM baseline.
   give a pair (good, bad), with the question and the earlier steps (the completions chosen at
   the earlier steps). A training pair is written in both orders (A/B and B/A: position
   balance); a test pair once, verdict slots balanced, since the judging stage swaps the order
-  itself. The test split is held out by question. Judgments are templated
-  (`templated_judgment`) unless a `judgment_fn` (a teacher model) is given; a pair whose
-  teacher judgment disagrees with the labels in either order is dropped, as the paper keeps
-  only pairs on which o1 agrees with the PRM in both orders.
+  itself. The test split is held out by question.
+- Who writes the judgment (`JudgmentWriter`): a teacher model (`TeacherJudgments`) analyses each
+  pair in both orders without seeing the labels, and a pair is kept only when both of its
+  verdicts agree with the labels — the paper's filter (o1 agreeing with the PRM, consistently
+  under an order swap). The fixed sentence of `TemplateJudgments` is the fallback a preset asks
+  for explicitly; it states the labels' verdict and no analysis.
 - `srlm_eft`: every step rated >= 0 and finished with the right answer -> `Score: 5`; a step
   rated -1 -> `Score: 1`; half and half.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
+from psr.config import JudgeParams
+from psr.judge import run_judge_prompts
+from psr.policy import Policy
 from psr.prompts import parse_verdict
 from psr.records import EFTRecord, SRLMEFTRecord
 from psr.steps import is_final, join_steps
@@ -78,31 +85,131 @@ def step_pairs(solution: PRMSolution, rng: random.Random, pairs_per_step: int = 
 
 
 def templated_judgment(verdict: str) -> str:
-    """The judgment text when no teacher model writes one (ends with the paper's verdict marker)."""
+    """The fallback judgment: the labels' verdict in one fixed sentence, no analysis."""
     good, bad = ("A", "B") if verdict == "A" else ("B", "A")
     return f"Assistant {good}'s step is correct; assistant {bad}'s step contains an error. [[{verdict}]]"
 
 
-JudgmentFn = Callable[[str, list[str], str, str, str], str]
-"""(question, previous_steps, step_a, step_b, verdict) -> judgment text ending in `[[verdict]]`."""
+@dataclass(frozen=True)
+class ShownPair:
+    """A step pair as a judge is shown it: `step_a` in slot A, `step_b` in slot B, and the slot
+    the labels say is better (a teacher is never told it)."""
+
+    question: str
+    previous_steps: tuple[str, ...]
+    step_a: str
+    step_b: str
+    verdict: str
 
 
-def _default_judgment(question: str, previous: list[str], a: str, b: str, verdict: str) -> str:
-    return templated_judgment(verdict)
+class JudgmentWriter(Protocol):
+    """Writes one judgment (ending in `[[A]]`/`[[B]]` when it reaches a verdict) per shown pair."""
+
+    def write(self, shown: list[ShownPair]) -> list[str]: ...
+
+    def describe(self) -> dict: ...
 
 
-def _pair_records(pair: StepPair, judgment_fn: JudgmentFn) -> tuple[EFTRecord, EFTRecord] | None:
-    """The pair in both orders, or None when the judgment disagrees with the labels in either."""
+class TemplateJudgments:
+    """The explicit fallback (`task.eft_judgments: template`): `templated_judgment` per pair."""
+
+    def write(self, shown: list[ShownPair]) -> list[str]:
+        return [templated_judgment(s.verdict) for s in shown]
+
+    def describe(self) -> dict:
+        return {"judgments": "template", "teacher": None}
+
+
+_VERDICT_END = re.compile(r"\[\[[AB]\]\]")
+
+
+def ending_at_verdict(text: str) -> str:
+    """The judgment up to and including its last verdict marker (what follows it is not part of
+    a judgment the student should learn to write); the stripped text when there is none."""
+    ends = [m.end() for m in _VERDICT_END.finditer(text)]
+    return (text[: ends[-1]] if ends else text).strip()
+
+
+class TeacherJudgments:
+    """A teacher model judges every shown pair blind (the labels never reach its prompt), with the
+    judge template the student learns from, greedily, all pairs of a batch in one generator call;
+    its analysis and verdict become the EFT target."""
+
+    def __init__(self, teacher: Policy, name: str, max_new_tokens: int, seed: int = 0):
+        self.teacher = teacher
+        self.name = name
+        self.decoding = JudgeParams(do_sample=False, max_new_tokens=max_new_tokens)
+        self.seed = seed
+
+    def write(self, shown: list[ShownPair]) -> list[str]:
+        judge = self.teacher.templates.judge_prompt
+        prompts = [self.teacher.chat(judge(s.question, list(s.previous_steps), s.step_a, s.step_b)) for s in shown]
+        samples = run_judge_prompts(prompts, self.teacher.generator, self.decoding, seed=self.seed)
+        return [ending_at_verdict(x.text) for x in samples]
+
+    def describe(self) -> dict:
+        return {"judgments": "teacher", "teacher": self.name,
+                "teacher_max_new_tokens": self.decoding.max_new_tokens}
+
+
+def _both_orders(pair: StepPair) -> tuple[ShownPair, ShownPair]:
+    prev = tuple(pair.previous_steps)
+    return (ShownPair(pair.question, prev, pair.good, pair.bad, "A"),
+            ShownPair(pair.question, prev, pair.bad, pair.good, "B"))
+
+
+@dataclass
+class FilterTally:
+    """What the consistency filter decided: pairs judged, kept, and why the others were dropped."""
+
+    judged: int = 0
+    kept: int = 0
+    wrong_ab: int = 0  # only the order good-in-A disagreed with the labels
+    wrong_ba: int = 0  # only the order good-in-B disagreed
+    wrong_both: int = 0
+    no_verdict: int = 0  # judgments without a parseable verdict (either order)
+
+    def to_stats(self) -> dict:
+        return {"eft_judged_pairs": self.judged, "eft_kept_pairs": self.kept,
+                "eft_dropped": {"wrong_ab_only": self.wrong_ab, "wrong_ba_only": self.wrong_ba,
+                                "wrong_both": self.wrong_both, "judgments_without_verdict": self.no_verdict}}
+
+
+def _pair_records(pair: StepPair, texts: tuple[str, str], tally: FilterTally) -> tuple[EFTRecord, EFTRecord] | None:
+    """The pair in both orders, or None when a judgment disagrees with the labels in either."""
     base = f"eft-{pair.key}"
-    records = []
-    for suffix, a, b, verdict in (("ab", pair.good, pair.bad, "A"), ("ba", pair.bad, pair.good, "B")):
-        judgment = judgment_fn(pair.question, list(pair.previous_steps), a, b, verdict)
-        if parse_verdict(judgment) != verdict:
-            return None
-        records.append(EFTRecord(id=f"{base}-{suffix}", question=pair.question,
-                                 previous_steps=list(pair.previous_steps), step_a=a, step_b=b,
-                                 verdict=verdict, judgment=judgment, error=""))
-    return records[0], records[1]
+    shown = _both_orders(pair)
+    got = [parse_verdict(t) for t in texts]
+    ok = [g == s.verdict for g, s in zip(got, shown)]
+    tally.judged += 1
+    tally.no_verdict += sum(g is None for g in got)
+    if not all(ok):
+        if not any(ok):
+            tally.wrong_both += 1
+        elif ok[0]:
+            tally.wrong_ba += 1
+        else:
+            tally.wrong_ab += 1
+        return None
+    tally.kept += 1
+    return tuple(  # type: ignore[return-value]
+        EFTRecord(id=f"{base}-{suffix}", question=pair.question, previous_steps=list(pair.previous_steps),
+                  step_a=s.step_a, step_b=s.step_b, verdict=s.verdict, judgment=text, error="")
+        for suffix, s, text in zip(("ab", "ba"), shown, texts)
+    )
+
+
+def _judged(pairs: Iterable[StepPair], writer: JudgmentWriter, batch_pairs: int,
+            tally: FilterTally) -> Iterator[tuple[StepPair, tuple[EFTRecord, EFTRecord] | None]]:
+    """Each pair with its records (None when filtered out), in order. Pairs are judged
+    `batch_pairs` at a time, a batch only when the consumer reaches it."""
+    stream = iter(pairs)
+    while batch := list(itertools.islice(stream, batch_pairs)):
+        texts = writer.write([s for p in batch for s in _both_orders(p)])
+        if len(texts) != 2 * len(batch):
+            raise RuntimeError(f"judgment writer returned {len(texts)} texts for {2 * len(batch)} shown pairs")
+        for i, pair in enumerate(batch):
+            yield pair, _pair_records(pair, (texts[2 * i], texts[2 * i + 1]), tally)
 
 
 def build_eft(
@@ -110,15 +217,19 @@ def build_eft(
     n_train: int,
     n_test: int,
     seed: int,
-    judgment_fn: JudgmentFn | None = None,
+    writer: JudgmentWriter | None = None,
     pairs_per_step: int = 1,
     stats: dict | None = None,
+    batch_pairs: int = 64,
+    allow_short: bool = False,
 ) -> tuple[list[EFTRecord], list[EFTRecord], set[str]]:
     """(train records: n_train pairs in both orders, test records: n_test pairs once each with
     balanced verdict slots, the test questions). Test questions are drawn first, whole questions
-    at a time, so no question is in both splits."""
+    at a time, so no question is in both splits. `writer` (default: the template) writes the
+    judgments; pairs it gets wrong in either order are dropped and the next candidates taken.
+    Too few pairs is a ValueError, unless `allow_short` (then the splits hold what there is)."""
     stats = stats if stats is not None else {}
-    judgment_fn = judgment_fn or _default_judgment
+    writer = writer or TemplateJudgments()
     rng = seeded_rng(seed, "eft-pairs")
     by_question: dict[str, list[StepPair]] = {}
     seen: set[str] = set()
@@ -130,47 +241,62 @@ def build_eft(
     questions = sorted(by_question)
     seeded_rng(seed, "eft-questions").shuffle(questions)
     stats["eft_candidate_pairs"] = len(seen)
-    dropped = 0
+    tally = FilterTally()
 
+    # test: whole questions in order until n_test pairs are kept
     test_pairs: list[tuple[EFTRecord, EFTRecord]] = []
     test_questions: set[str] = set()
-    q_iter = iter(questions)
-    while len(test_pairs) < n_test:
-        q = next(q_iter, None)
-        if q is None:
-            raise ValueError(f"EFT: only {len(test_pairs)} test pairs available, need {n_test} "
-                             f"({len(seen)} candidate pairs; try pairs_per_step > 1 or more data)")
-        test_questions.add(q)
-        for pair in by_question[q]:
-            if len(test_pairs) == n_test:
-                break
-            recs = _pair_records(pair, judgment_fn)
-            if recs is None:
-                dropped += 1
-            else:
+    in_order = (pair for q in questions for pair in by_question[q])
+    if n_test > 0:
+        for pair, recs in _judged(in_order, writer, batch_pairs, tally):
+            test_questions.add(normalize_question(pair.question))
+            if recs is not None:
                 test_pairs.append(recs)
+                if len(test_pairs) == n_test:
+                    break
+    if len(test_pairs) < n_test and not allow_short:
+        raise ValueError(f"EFT: only {len(test_pairs)} test pairs available, need {n_test} "
+                         f"({len(seen)} candidate pairs, {tally.judged - tally.kept} dropped by the judgment "
+                         "filter; try pairs_per_step > 1 or more data)")
 
-    train_candidates = [p for q in q_iter for p in by_question[q]]
+    # train: the remaining questions' pairs, shuffled
+    train_candidates = [p for q in questions[len(test_questions):] for p in by_question[q]]
     seeded_rng(seed, "eft-train").shuffle(train_candidates)
     train: list[EFTRecord] = []
     n_pairs = 0
-    for pair in train_candidates:
-        if n_pairs == n_train:
-            break
-        recs = _pair_records(pair, judgment_fn)
-        if recs is None:
-            dropped += 1
-            continue
-        train.extend(recs)
-        n_pairs += 1
-    if n_pairs < n_train:
-        raise ValueError(f"EFT: only {n_pairs} training pairs available after the test split, need {n_train}")
-    stats["eft_dropped_by_judgment"] = dropped
+    if n_train > 0:
+        for _, recs in _judged(train_candidates, writer, batch_pairs, tally):
+            if recs is not None:
+                train.extend(recs)
+                n_pairs += 1
+                if n_pairs == n_train:
+                    break
+    if n_pairs < n_train and not allow_short:
+        raise ValueError(f"EFT: only {n_pairs} training pairs available after the test split, need {n_train} "
+                         f"({tally.judged - tally.kept} dropped by the judgment filter)")
+    stats["eft_dropped_by_judgment"] = tally.judged - tally.kept
+    stats.update(tally.to_stats())
 
     slots = ["ab" if i % 2 == 0 else "ba" for i in range(len(test_pairs))]
     seeded_rng(seed, "eft-test-slots").shuffle(slots)
     test = [ab if slot == "ab" else ba for (ab, ba), slot in zip(test_pairs, slots)]
     return train, test, test_questions
+
+
+def eft_provenance(writer: JudgmentWriter, stats: dict, records: Sequence[EFTRecord]) -> dict:
+    """Who wrote the EFT judgments and what the filter kept, for a data manifest: the teacher (None
+    for the template), pairs judged and kept, the kept rate (%), and the share (%) of records whose
+    judgment is the fixed template sentence."""
+    judged, kept = stats.get("eft_judged_pairs", 0), stats.get("eft_kept_pairs", 0)
+    templated = sum(r.judgment == templated_judgment(r.verdict) for r in records)
+    return {
+        **writer.describe(),
+        "pairs_judged": judged,
+        "pairs_kept": kept,
+        "kept_rate": round(100.0 * kept / judged, 2) if judged else None,
+        "template_share": round(100.0 * templated / len(records), 2) if records else None,
+        "dropped": stats.get("eft_dropped", {}),
+    }
 
 
 SRLM_HIGH = "Every step of the response is correct and it reaches the right final answer. Score: 5"

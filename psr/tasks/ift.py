@@ -1,10 +1,12 @@
 """IFT records from worked solutions (NuminaMath-CoT, MATH or GSM8K train): `n` usable solutions
 with distinct questions in a seeded order, segmented into steps by rule
-(`psr.steps.segment_solution`). Rows without a `\\boxed{}` answer and rows that already carry
+(`psr.steps.segment_solution`) or by a given segmenter (the teacher model of `psr.tasks.segment`). Rows without a `\\boxed{}` answer and rows that already carry
 `Step n:` markers are skipped (the markers would clash with our numbering).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from psr.records import IFTRecord
 from psr.steps import STEP_MARKER, is_final, segment_solution
@@ -66,6 +68,8 @@ def collect_solutions(
 
 
 def build_ift(source: Source, n: int, seed: int, exclude: set[str] = frozenset(),
-              stats: dict | None = None) -> list[IFTRecord]:
-    """`n` IFT records, rule-segmented."""
-    return [rule_segment(raw) for raw in collect_solutions(source, n, seed, exclude, stats)]
+              stats: dict | None = None,
+              segment: Callable[[list[RawSolution]], list[IFTRecord]] | None = None) -> list[IFTRecord]:
+    """`n` IFT records, segmented by `segment` (default: by rule, `rule_segment`)."""
+    raws = collect_solutions(source, n, seed, exclude, stats)
+    return segment(raws) if segment is not None else [rule_segment(raw) for raw in raws]

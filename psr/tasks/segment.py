@@ -1,17 +1,15 @@
-"""The paper's LLM step segmentation (Figure 3's format) by a local model, with a check that the
-model only split the solution; not wired into the task builders yet (they segment by rule, see
-`psr.tasks.ift`), for whoever has a strong local model.
+"""The paper's LLM step segmentation (Figure 3's format) by a local teacher model
+(`task.segmenter: model`), with a check that the model only split the solution: where its output
+is not a faithful `Step n:` split of the original text, the solution is segmented by rule
+(`psr.tasks.ift.rule_segment`) instead, and the fallback is counted.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Sequence
 
-from psr.config import ModelParams
-from psr.models import load_policy
-from psr.prompts import chat_prompt
+from psr.policy import Policy
 from psr.records import IFTRecord
 from psr.steps import STOP_STRING, StepFormatError, is_final, split_steps
 from psr.tasks.ift import merge_after_first_final, rule_segment
@@ -46,38 +44,31 @@ def accept_segmentation(output: str, solution: str) -> list[str] | None:
     return steps if is_final(steps[-1]) else None
 
 
+def segment_budget(tokenizer, solutions: Sequence[str]) -> int:
+    """New tokens for a split of the longest solution: its tokens, 30% more for the `Step n:`
+    markers and line breaks, plus a margin."""
+    return max(int(1.3 * len(tokenizer(s, add_special_tokens=False)["input_ids"])) + 64 for s in solutions)
+
+
 def llm_segment(
-    records: Sequence[RawSolution],
-    model_dir: str | Path,
-    model_params=None,
-    batch_size: int = 4,
-    max_new_tokens: int | None = None,
+    records: Sequence[RawSolution], teacher: Policy, batch_size: int = 64,
+    max_new_tokens: int | None = None, seed: int = 0,
 ) -> tuple[list[IFTRecord], list[str]]:
-    """The paper's segmentation (Figure 3 format) by a local HF model, greedy. Returns the IFT
-    records and the ids that fell back to `rule_segment` because the model's output was not a
-    faithful split (the paper's o1 was told not to alter content; we check that it did not)."""
-    import torch
-
-
-    model, tok = load_policy(model_dir, model_params or ModelParams())
-    tok.padding_side = "left"
+    """The paper's segmentation (Figure 3 format) by `teacher`, greedily, `batch_size` solutions
+    per generator call (each call's token budget fits its longest solution unless
+    `max_new_tokens` is given). Returns the IFT records and the ids that fell back to
+    `rule_segment` because the model's output was not a faithful split (the paper's o1 was told
+    not to alter content; we check that it did not)."""
     out: list[IFTRecord] = []
     fallbacks: list[str] = []
     for start in range(0, len(records), batch_size):
         batch = list(records[start:start + batch_size])
-        prompts = [chat_prompt(tok, SEGMENT_PROMPT.format(question=r.question, solution=r.solution)) for r in batch]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        budget = max_new_tokens or max(
-            int(1.3 * len(tok(r.solution, add_special_tokens=False)["input_ids"])) + 64 for r in batch
-        )
-        with torch.no_grad():
-            generated = model.generate(
-                **enc, do_sample=False, max_new_tokens=budget,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            )
-        texts = tok.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for raw, text in zip(batch, texts):
-            steps = accept_segmentation(text, raw.solution)
+        prompts = [teacher.chat(SEGMENT_PROMPT.format(question=r.question, solution=r.solution)) for r in batch]
+        budget = max_new_tokens or segment_budget(teacher.tokenizer, [r.solution for r in batch])
+        outputs = teacher.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=budget,
+                                             stop=None, seed=seed)
+        for raw, samples in zip(batch, outputs):
+            steps = accept_segmentation(samples[0].text, raw.solution)
             if steps is None:
                 fallbacks.append(raw.id)
                 out.append(rule_segment(raw))
