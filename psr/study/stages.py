@@ -7,21 +7,23 @@ the file `psr.study.report` collects metrics from.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from psr import lineage
-from psr.engines import HFGenerator, VLLMGenerator
+from psr.engines import Generator, HFGenerator
 from psr.evaluate import evaluate
 from psr.io import read_json, read_jsonl, write_json
 from psr.judge import judge_pairs_accuracy
-from psr.models import is_adapter_dir, load_policy
+from psr.models import load_policy, load_tokenizer
 from psr.policy import Policy
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
 from psr.search import step_search
+from psr.serving import vllm_generator, vllm_server
 from psr.srlm import load_pairs, srlm_pairs
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
@@ -69,37 +71,33 @@ def warmup_stage(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------- generation
 
 
-def generator_for(ctx: Context, model_dir: Path | None = None):
-    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks)."""
+@contextmanager
+def generator_for(ctx: Context, model_dir: Path | None = None, *, log_path: Path | None = None
+                  ) -> Iterator[tuple[Generator, object]]:
+    """M_k's generator and tokenizer for the length of a `with` block: HF generate in this
+    process, or (`search.backend: vllm`) a vLLM server on M_k, started here and stopped when the
+    block ends, so one stage is one server lifetime and each new M_k gets a fresh server.
+    `log_path`: where the server's output goes (default: a temporary file)."""
     p = ctx.params
     model_dir = model_dir or ctx.model_dir
     if p.search.backend == "vllm":
-        return _vllm_generator(model_dir, p), _tokenizer(ctx)
+        server = vllm_server(model_dir, p, log_path=log_path)  # a missing vLLM environment fails here
+        tokenizer = load_tokenizer(model_dir, p.model)
+        with server:
+            yield vllm_generator(server, p), tokenizer
+        return
     model, tokenizer = load_policy(model_dir, p.model)
-    return HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
+    yield HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
 
 
-def policy_for(ctx: Context, model_dir: Path | None = None) -> Policy:
-    """M_k as generator, judge and scorer at once (see `psr.policy`)."""
-    generator, tokenizer = generator_for(ctx, model_dir)
-    return Policy(generator, tokenizer, ctx.templates)
+@contextmanager
+def policy_for(ctx: Context, model_dir: Path | None = None, *, log_path: Path | None = None) -> Iterator[Policy]:
+    """M_k as generator, judge and scorer at once (see `psr.policy`), for a `with` block."""
+    with generator_for(ctx, model_dir, log_path=log_path) as (generator, tokenizer):
+        yield Policy(generator, tokenizer, ctx.templates)
 
 
-def _vllm_generator(model_dir: Path, params) -> VLLMGenerator:  # pragma: no cover - GPU
-    """M_k on vLLM: a full model folder, or a PEFT adapter folder served as base + LoRA (the base
-    is named in its adapter_config.json)."""
-    kwargs = dict(
-        dtype=params.model.dtype,
-        trust_remote_code=params.model.trust_remote_code,
-        tensor_parallel_size=params.search.tensor_parallel_size,
-        seed=0,
-    )
-    if is_adapter_dir(model_dir):
-        config = json.loads((Path(model_dir) / "adapter_config.json").read_text())
-        rank = int(config.get("r", params.model.lora.r))
-        kwargs["max_lora_rank"] = 1 << max(3, (rank - 1).bit_length())  # vLLM wants 8, 16, 32, ...
-        return VLLMGenerator(config["base_model_name_or_path"], adapter_dir=model_dir, tokenizer=str(model_dir), **kwargs)
-    return VLLMGenerator(model_dir, **kwargs)
+SERVER_LOG = "vllm-server.log"  # in the stage's folder, when the stage generates on vLLM
 
 
 def pool(ctx: Context) -> list[Question]:
@@ -114,18 +112,18 @@ def preference_stage(ctx: Context) -> dict:
     for SRLM (self-scored whole solutions)."""
     p = ctx.params
     d = ctx.stage_dir(PREFERENCE_STAGE)
-    policy = policy_for(ctx)
     questions = pool(ctx)
-    if ctx.arm == "psrlm":
-        stats = step_search(
-            questions, policy, p.search, p.judge,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
-        )
-    else:
-        stats = srlm_pairs(
-            questions, policy, p.srlm,
-            iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
-        )
+    with policy_for(ctx, log_path=d / SERVER_LOG) as policy:
+        if ctx.arm == "psrlm":
+            stats = step_search(
+                questions, policy, p.search, p.judge,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
+            )
+        else:
+            stats = srlm_pairs(
+                questions, policy, p.srlm,
+                iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
+            )
     return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
@@ -148,9 +146,9 @@ def judging_stage(ctx: Context) -> dict:
     records = read_jsonl(source, EFTRecord)
     if p.eval.judge_limit:
         records = records[: p.eval.judge_limit]
-    policy = policy_for(ctx)
     t0 = time.perf_counter()
-    result = judge_pairs_accuracy(records, policy, p.judge)
+    with policy_for(ctx, log_path=ctx.stage_dir("03_judging") / SERVER_LOG) as policy:
+        result = judge_pairs_accuracy(records, policy, p.judge)
     result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
     return _save(ctx, "03_judging", result)
 
@@ -216,15 +214,15 @@ def evaluate_stage(ctx: Context) -> dict:
     """Greedy accuracy of M_k per benchmark, with step statistics."""
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
-    policy = policy_for(ctx)
     out = {}
-    for name in p.eval.benchmarks:
-        summary = evaluate(
-            name, benchmark_items(ctx, name), policy,
-            max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
-            answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
-        )
-        out[name] = summary.to_dict()
+    with policy_for(ctx, log_path=d / SERVER_LOG) as policy:
+        for name in p.eval.benchmarks:
+            summary = evaluate(
+                name, benchmark_items(ctx, name), policy,
+                max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
+                answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
+            )
+            out[name] = summary.to_dict()
     return _save(ctx, "05_evaluate", out)
 
 
@@ -239,10 +237,10 @@ def eft_examples(ctx: Context, n: int = 3) -> list:
 def sample_solutions(ctx: Context, n: int = 3) -> list[dict]:
     """Greedy solutions of M_k for the first n test questions (a look at what the model writes)."""
     items = benchmark_items(ctx, ctx.params.eval.benchmarks[0])[:n]
-    policy = policy_for(ctx)
-    prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
-    outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                              max_new_tokens=ctx.params.eval.max_new_tokens, stop=None, seed=0)
+    with policy_for(ctx) as policy:
+        prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
+        outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                         max_new_tokens=ctx.params.eval.max_new_tokens, stop=None, seed=0)
     return [{"question": it.question, "gold": it.gold, "output": o[0].text} for it, o in zip(items, outs)]
 
 
