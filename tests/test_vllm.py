@@ -50,8 +50,14 @@ def scripted_choice(prompt: str, j: int, body: dict) -> dict:
     return {"text": text, "finish_reason": "length", "stop_reason": None, "token_ids": list(range(body["max_tokens"]))}
 
 
+MODELS = {"object": "list", "data": [{"id": "policy", "object": "model", "max_model_len": 256}]}
+
+
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - the http.server API
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self._send(200, MODELS) if self.path == "/v1/models" else self._send(404, {})
+
+    def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server: FakeCompletions = self.server  # type: ignore[assignment]
         with server.lock:
@@ -117,6 +123,15 @@ def test_every_request_asks_for_what_the_hf_backend_does(fake):
     assert body["presence_penalty"] == body["frequency_penalty"] == 0.0
 
 
+def test_max_tokens_never_exceeds_the_served_context(fake):
+    """vLLM refuses max_tokens above its context length (HF would just generate): capped there,
+    and a generation that reaches the context ends as "length"."""
+    gen = VLLMGenerator(fake.url, "policy")
+    sample(gen, ["q length"], max_new_tokens=1000)
+    sample(gen, ["q length"], max_new_tokens=100)
+    assert [b["max_tokens"] for b in fake.bodies] == [256, 100]
+
+
 def test_finish_reasons_and_token_counts_read_as_the_hf_backend_reports_them(fake):
     gen = VLLMGenerator(fake.url, "policy", request_seeds=False)
     rows = sample(gen, ["a stop1", "a eos1", "a endtoken", "a plain"], n=1, max_new_tokens=9)
@@ -178,8 +193,11 @@ SCRIPT
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
+        data = json.dumps({"data": [{"id": "policy", "max_model_len": 256}]}).encode()
+        self.send_response(200 if self.path in ("/health", "/v1/models") else 404)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        self.wfile.write(data)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -60,6 +60,16 @@ class VLLMGenerator:
         self.concurrency = concurrency
         self.prompts_per_request = prompts_per_request
         self.timeout_s = timeout_s
+        self._context: int | None = None
+
+    def context_length(self) -> int | None:
+        """The served model's context length (`/v1/models`), asked once. vLLM refuses a request
+        whose `max_tokens` exceeds it, and ends a generation that reaches it ("length")."""
+        if self._context is None:
+            cards = request_json(f"{self.base_url}/v1/models", None, 60.0).get("data") or []
+            lengths = [c.get("max_model_len") for c in cards if c.get("id") == self.model and c.get("max_model_len")]
+            self._context = lengths[0] if lengths else 0
+        return self._context or None
 
     def generate(
         self,
@@ -79,9 +89,10 @@ class VLLMGenerator:
         if not prompts:
             return []
         greedy = temperature == 0
+        context = self.context_length()
         settings = {
             "model": self.model,
-            "max_tokens": max_new_tokens,
+            "max_tokens": min(max_new_tokens, context) if context else max_new_tokens,
             "temperature": temperature,
             "top_p": top_p if not greedy else 1.0,
             "top_k": 0,  # 0: no top-k cut (vLLM's neutral value)
@@ -115,7 +126,7 @@ class VLLMGenerator:
         body = dict(settings, prompt=request.prompts, n=request.n)
         if request.seed is not None:
             body["seed"] = request.seed
-        answer = post_json(f"{self.base_url}/v1/completions", body, self.timeout_s)
+        answer = request_json(f"{self.base_url}/v1/completions", body, self.timeout_s)
         choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
         expected = len(request.prompts) * request.n
         if len(choices) != expected or [c["index"] for c in choices] != list(range(expected)):
@@ -142,9 +153,10 @@ def to_sample(choice: dict, stop: str | None) -> Sample:
     return Sample(text, len(token_ids), reason)
 
 
-def post_json(url: str, body: dict, timeout_s: float) -> dict:
-    """POST `body` as JSON; the answer's JSON, or a VLLMError saying what the server said."""
-    data = json.dumps(body).encode()
+def request_json(url: str, body: dict | None, timeout_s: float) -> dict:
+    """GET `url` (no body) or POST `body` as JSON; the answer's JSON, or a VLLMError saying what
+    the server said."""
+    data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -81,7 +82,8 @@ class LoraModule:
 class ServerSettings:
     """How the server runs. `chunked_prefill` None: off for the CPU build when requests carry
     seeds (its seeded sampler fails when a prefill is split over steps), on otherwise.
-    `cpu_kvcache_gib`: the CPU build's KV-cache size (0 = vLLM's default)."""
+    `cpu_kvcache_gib`: the CPU build's KV-cache size in GiB (0 = vLLM's default); `cpu_threads`:
+    the CPU build's compute threads, bound to cores 0..n-1 (0 = vLLM's own binding, every core)."""
 
     python: str = ""
     dtype: str = "auto"
@@ -92,7 +94,8 @@ class ServerSettings:
     enforce_eager: bool = False
     chunked_prefill: bool | None = None
     request_seeds: bool = True
-    cpu_kvcache_gib: float = 0.0
+    cpu_kvcache_gib: int = 0
+    cpu_threads: int = 0
     startup_timeout_s: float = 1200.0
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port
@@ -181,7 +184,10 @@ class VLLMServer:
             return self
         env = dict(os.environ)
         if self.settings.cpu_kvcache_gib:
-            env["VLLM_CPU_KVCACHE_SPACE"] = f"{self.settings.cpu_kvcache_gib:g}"
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.cpu_kvcache_gib)
+        if self.settings.cpu_threads:
+            n = self.settings.cpu_threads
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if n == 1 else f"0-{n - 1}"
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="psr-vllm-", suffix=".log")
             os.close(fd)
@@ -206,7 +212,7 @@ class VLLMServer:
         while time.perf_counter() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise VLLMServerError(f"vLLM server exited with code {code} during startup; "
+                raise VLLMServerError(f"vLLM server exited with code {code} during startup: {self.first_error()}\n"
                                       f"log {self.log_path}:\n{self.log_tail()}")
             if self.healthy():
                 return
@@ -239,6 +245,16 @@ class VLLMServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def first_error(self) -> str:
+        """The log's first line that names an exception (the cause, before the shutdown noise)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        found = next((line for line in lines
+                      if "WARNING" not in line and re.search(r"\b\w*(Error|Exception): ", line)), None)
+        return found.split("] ", 1)[-1].strip() if found else "(no error line in the log)"
 
     def log_tail(self, lines: int = 40) -> str:
         try:
