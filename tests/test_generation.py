@@ -214,16 +214,6 @@ def test_helpers():
     assert 0 <= derive_seed("anything") < 2**31
 
 
-def test_vllm_backend_is_optional():
-    import importlib.util
-
-    from psr.engines import VLLMGenerator
-
-    if importlib.util.find_spec("vllm") is None:
-        with pytest.raises(ImportError, match="vllm"):
-            VLLMGenerator("some/model")
-
-
 def test_prefix_sharing_matches_plain_generate_on_a_gqa_model():
     """Qwen2-style grouped-query attention, many judge prompts sharing prefixes at two levels;
     the random LM head is sharpened so that greedy choices are not decided by float noise."""

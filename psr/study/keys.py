@@ -28,6 +28,10 @@ STAGES = {
     "05_evaluate": ("eval",),
 }
 
+# the stages that generate with M_k (through `search.backend`), and the vLLM settings that change
+# what a server generates (not where its environment is, how long it may take to start, ...)
+GENERATING = ("02_step_search", "03_judging", "05_evaluate")
+VLLM_OUTPUT_FIELDS = ("request_seeds", "adapter", "max_model_len", "enforce_eager", "chunked_prefill")
 
 
 def stage_key(params: Params, seed: int, arm: str, stage: str, k: int) -> str:
@@ -35,9 +39,11 @@ def stage_key(params: Params, seed: int, arm: str, stage: str, k: int) -> str:
     upstream = model_key(params, seed, arm, k) if stage != "01_warmup_sft" else ""
     if stage == "04_step_dpo":
         upstream += stage_key(params, seed, arm, "02_step_search", k)
-    sections = STAGES[stage]
+    digest = params.digest(*STAGES[stage])
+    if params.search.backend == "vllm" and stage in GENERATING:  # hf keys stay as they were
+        digest += json.dumps({f: getattr(params.vllm, f) for f in VLLM_OUTPUT_FIELDS}, sort_keys=True)
     payload = json.dumps(
-        [stage, seed, arm, k, params.digest(*sections), upstream, params.run.iterations if stage == "02_step_search" else 0],
+        [stage, seed, arm, k, digest, upstream, params.run.iterations if stage == "02_step_search" else 0],
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

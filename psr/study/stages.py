@@ -7,24 +7,26 @@ the file `psr.study.report` collects metrics from.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from psr import lineage
 from psr.answer_key import AnswerKeyScorer, task_answer_key
-from psr.engines import HFGenerator, VLLMGenerator
+from psr.engines import Generator, HFGenerator
 from psr.evaluate import evaluate
 from psr.grading import extract_answer, is_equiv
 from psr.io import append_jsonl, read_json, read_jsonl, write_json
 from psr.judge import judge_pairs_accuracy, run_judge_prompts
-from psr.models import is_adapter_dir, load_policy
+from psr.models import load_policy, load_tokenizer
 from psr.policy import Policy
 from psr.prompts import parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
 from psr.search import ExpansionLog, Scorer, SelfJudge, step_search, trace_search
+from psr.serving import vllm_generator, vllm_server
 from psr.srlm import load_pairs, srlm_pairs
 from psr.study.arms import searches_steps, shares_model, uses_answer_key
 from psr.study.context import Context
@@ -85,39 +87,45 @@ def warmup_stage(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------- generation
 
 
-def generator_for(ctx: Context, model_dir: Path | None = None):
-    """The batched sampling backend over M_k (HF generate; vLLM when the preset asks), with its
-    tokenizer."""
+@contextmanager
+def generator_for(ctx: Context, model_dir: Path | None = None, *, log_path: Path | None = None
+                  ) -> Iterator[tuple[Generator, object]]:
+    """M_k's generator and tokenizer for the length of a `with` block: HF generate in this
+    process, or (`search.backend: vllm`) a vLLM server on M_k, started here and stopped when the
+    block ends, so one stage is one server lifetime and each new M_k gets a fresh server.
+    `log_path`: where the server's output goes (default: a temporary file)."""
     p = ctx.params
     model_dir = model_dir or ctx.model_dir
     if p.search.backend == "vllm":
-        return _vllm_generator(model_dir, p), _tokenizer(ctx)
+        server = vllm_server(model_dir, p, log_path=log_path)  # a missing vLLM environment fails here
+        tokenizer = load_tokenizer(model_dir, p.model)
+        with server:
+            yield vllm_generator(server, p), tokenizer
+        return
     model, tokenizer = load_policy(model_dir, p.model)
-    return HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
+    yield HFGenerator(model, tokenizer, max_tokens_per_batch=p.search.max_tokens_per_batch), tokenizer
 
 
-def policy_for(ctx: Context, model_dir: Path | None = None) -> Policy:
-    """M_k as generator, judge and scorer at once (see `psr.policy`). A notebook opens it once
-    and passes it to its stage and its display cells, so M_k is loaded once per stage."""
-    generator, tokenizer = generator_for(ctx, model_dir)
-    return Policy(generator, tokenizer, ctx.templates)
+@contextmanager
+def policy_for(ctx: Context, model_dir: Path | None = None, *, log_path: Path | None = None) -> Iterator[Policy]:
+    """M_k as generator, judge and scorer at once (see `psr.policy`), for a `with` block. A
+    notebook opens it once for its stage and the display data it computes, so M_k is loaded (or
+    served) once per stage."""
+    with generator_for(ctx, model_dir, log_path=log_path) as (generator, tokenizer):
+        yield Policy(generator, tokenizer, ctx.templates)
 
 
-def _vllm_generator(model_dir: Path, params) -> VLLMGenerator:  # pragma: no cover - GPU
-    """M_k on vLLM: a full model folder, or a PEFT adapter folder served as base + LoRA (the base
-    is named in its adapter_config.json)."""
-    kwargs = dict(
-        dtype=params.model.dtype,
-        trust_remote_code=params.model.trust_remote_code,
-        tensor_parallel_size=params.search.tensor_parallel_size,
-        seed=0,
-    )
-    if is_adapter_dir(model_dir):
-        config = json.loads((Path(model_dir) / "adapter_config.json").read_text())
-        rank = int(config.get("r", params.model.lora.r))
-        kwargs["max_lora_rank"] = 1 << max(3, (rank - 1).bit_length())  # vLLM wants 8, 16, 32, ...
-        return VLLMGenerator(config["base_model_name_or_path"], adapter_dir=model_dir, tokenizer=str(model_dir), **kwargs)
-    return VLLMGenerator(model_dir, **kwargs)
+@contextmanager
+def opened(ctx: Context, policy: Policy | None, stage: str) -> Iterator[Policy]:
+    """`policy` when the caller opened M_k already, else M_k opened for this block."""
+    if policy is not None:
+        yield policy
+        return
+    with policy_for(ctx, log_path=ctx.stage_dir(stage) / SERVER_LOG) as fresh:
+        yield fresh
+
+
+SERVER_LOG = "vllm-server.log"  # in the stage's folder, when the stage generates on vLLM
 
 
 def pool(ctx: Context) -> list[Question]:
@@ -145,24 +153,24 @@ def preference_stage(ctx: Context, policy: Policy | None = None) -> dict:
     here). Beside the pairs it keeps what the scorer saw (`EXPANSIONS`, `SCORED`) for the report."""
     p = ctx.params
     d = ctx.stage_dir(PREFERENCE_STAGE)
-    policy = policy or policy_for(ctx)
-    questions = pool(ctx)
-    with _progress(ctx, PREFERENCE_STAGE) as progress:
-        if searches_steps(ctx.arm):
-            stats = step_search(
-                questions, policy, p.search, p.judge,
-                iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
-                on_progress=progress.begin("search", "questions"),
-                on_expansion=ExpansionLog(d / EXPANSIONS), scorer=scorer_for(ctx, policy),
-            )
-        else:
-            stats = srlm_pairs(
-                questions, policy, p.srlm,
-                iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
-                on_progress=progress.begin("score", "questions"),
-                on_scored=lambda rows: append_jsonl(d / SCORED, rows),
-            )
-    return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
+    with opened(ctx, policy, PREFERENCE_STAGE) as policy:
+        questions = pool(ctx)
+        with _progress(ctx, PREFERENCE_STAGE) as progress:
+            if searches_steps(ctx.arm):
+                stats = step_search(
+                    questions, policy, p.search, p.judge,
+                    iteration=ctx.k, seed=ctx.seed, out_path=d / "ppd.jsonl",
+                    on_progress=progress.begin("search", "questions"),
+                    on_expansion=ExpansionLog(d / EXPANSIONS), scorer=scorer_for(ctx, policy),
+                )
+            else:
+                stats = srlm_pairs(
+                    questions, policy, p.srlm,
+                    iteration=ctx.k, seed=ctx.seed, out_path=d / "srlm.jsonl",
+                    on_progress=progress.begin("score", "questions"),
+                    on_scored=lambda rows: append_jsonl(d / SCORED, rows),
+                )
+        return _save(ctx, PREFERENCE_STAGE, stats.to_dict())
 
 
 def preference_pairs(ctx: Context) -> list:
@@ -189,13 +197,13 @@ def judging_stage(ctx: Context, policy: Policy | None = None) -> dict:
     parse rate (the paper's Table 3 analogue). `policy`: see `preference_stage`."""
     p = ctx.params
     source, records = judge_records(ctx)
-    policy = policy or policy_for(ctx)
-    t0 = time.perf_counter()
-    with _progress(ctx, "03_judging") as progress:
-        result = judge_pairs_accuracy(records, policy, p.judge,
-                                      on_progress=progress.begin("judge", "pairs"))
-    result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
-    return _save(ctx, "03_judging", result)
+    with opened(ctx, policy, "03_judging") as policy:
+        t0 = time.perf_counter()
+        with _progress(ctx, "03_judging") as progress:
+            result = judge_pairs_accuracy(records, policy, p.judge,
+                                          on_progress=progress.begin("judge", "pairs"))
+        result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
+        return _save(ctx, "03_judging", result)
 
 
 # ----------------------------------------------------------------------------- 04 DPO
@@ -261,18 +269,18 @@ def evaluate_stage(ctx: Context, policy: Policy | None = None) -> dict:
     """Greedy accuracy of M_k per benchmark, with step statistics. `policy`: see `preference_stage`."""
     p = ctx.params
     d = ctx.stage_dir("05_evaluate")
-    policy = policy or policy_for(ctx)
-    out = {}
-    with _progress(ctx, "05_evaluate") as progress:
-        for name in p.eval.benchmarks:
-            summary = evaluate(
-                name, benchmark_items(ctx, name), policy,
-                max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
-                answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
-                on_progress=progress.begin(f"eval {name}", "questions"),
-            )
-            out[name] = summary.to_dict()
-    return _save(ctx, "05_evaluate", out)
+    with opened(ctx, policy, "05_evaluate") as policy:
+        out = {}
+        with _progress(ctx, "05_evaluate") as progress:
+            for name in p.eval.benchmarks:
+                summary = evaluate(
+                    name, benchmark_items(ctx, name), policy,
+                    max_new_tokens=p.eval.max_new_tokens, out_path=d / f"{name}.jsonl",
+                    answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s,
+                    on_progress=progress.begin(f"eval {name}", "questions"),
+                )
+                out[name] = summary.to_dict()
+        return _save(ctx, "05_evaluate", out)
 
 
 # ----------------------------------------------------------------------------- for display
@@ -294,27 +302,27 @@ def sample_solutions(ctx: Context, n: int = 3, policy: Policy | None = None) -> 
     graded like the evaluation grades them."""
     p = ctx.params
     items = benchmark_items(ctx, p.eval.benchmarks[0])[:n]
-    policy = policy or policy_for(ctx)
-    prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
-    outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                              max_new_tokens=p.eval.max_new_tokens, stop=None, seed=0)
-    rows = []
-    for it, o in zip(items, outs):
-        answer = extract_answer(o[0].text, fallback=p.eval.answer_fallback)
-        correct = answer is not None and is_equiv(answer, it.gold, timeout=p.eval.grading_timeout_s)
-        rows.append({"question": it.question, "gold": it.gold, "output": o[0].text, "extracted": answer,
-                     "correct": bool(correct)})
-    return rows
+    with opened(ctx, policy, "01_warmup_sft") as policy:
+        prompts = [policy.chat(ctx.templates.reasoning_prompt(it.question)) for it in items]
+        outs = policy.generator.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                                  max_new_tokens=p.eval.max_new_tokens, stop=None, seed=0)
+        rows = []
+        for it, o in zip(items, outs):
+            answer = extract_answer(o[0].text, fallback=p.eval.answer_fallback)
+            correct = answer is not None and is_equiv(answer, it.gold, timeout=p.eval.grading_timeout_s)
+            rows.append({"question": it.question, "gold": it.gold, "output": o[0].text, "extracted": answer,
+                         "correct": bool(correct)})
+        return rows
 
 
 def trace_one(ctx: Context, policy: Policy | None = None, index: int = 0) -> tuple[Question, list]:
     """One pool question's search replayed expansion by expansion (`psr.search.trace_search`, the
     stage's scorer, iteration and seed), for the notebook to show; it writes nothing."""
-    policy = policy or policy_for(ctx)
-    question = pool(ctx)[index]
-    p = ctx.params
-    return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed,
-                                  scorer=scorer_for(ctx, policy))
+    with opened(ctx, policy, PREFERENCE_STAGE) as policy:
+        question = pool(ctx)[index]
+        p = ctx.params
+        return question, trace_search(question, policy, p.search, p.judge, iteration=ctx.k, seed=ctx.seed,
+                                      scorer=scorer_for(ctx, policy))
 
 
 def srlm_examples(ctx: Context) -> list[dict]:
@@ -332,22 +340,22 @@ def judged_examples(ctx: Context, n: int = 12, policy: Policy | None = None) -> 
     them (same prompts, greedy or as the preset says), with each verdict and whether it is right."""
     _, records = judge_records(ctx)
     records = records[:n]
-    policy = policy or policy_for(ctx)
-    t = ctx.templates
-    prompts = []
-    for r in records:
-        prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
-        prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
-    samples = run_judge_prompts(prompts, policy.generator, ctx.params.judge, seed=0)
-    rows = []
-    for i, r in enumerate(records):
-        given, swapped = parse_verdict(samples[2 * i].text), parse_verdict(samples[2 * i + 1].text)
-        rows.append({
-            "record": r, "given": given, "swapped": swapped,
-            "given_text": samples[2 * i].text, "swapped_text": samples[2 * i + 1].text,
-            "right": [given == r.verdict, swapped == ("B" if r.verdict == "A" else "A")],
-        })
-    return rows
+    with opened(ctx, policy, "03_judging") as policy:
+        t = ctx.templates
+        prompts = []
+        for r in records:
+            prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
+            prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
+        samples = run_judge_prompts(prompts, policy.generator, ctx.params.judge, seed=0)
+        rows = []
+        for i, r in enumerate(records):
+            given, swapped = parse_verdict(samples[2 * i].text), parse_verdict(samples[2 * i + 1].text)
+            rows.append({
+                "record": r, "given": given, "swapped": swapped,
+                "given_text": samples[2 * i].text, "swapped_text": samples[2 * i + 1].text,
+                "right": [given == r.verdict, swapped == ("B" if r.verdict == "A" else "A")],
+            })
+        return rows
 
 
 def dpo_example(ctx: Context, index: int = 0) -> dict | None:

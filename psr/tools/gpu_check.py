@@ -23,7 +23,8 @@ per digit), sized to `--seq-len` tokens. A random model never writes a verdict, 
 outputs all count as unparsed and the expansion is a tie; the compute is the same.
 
 `--arch tiny` runs the same code on a small random Qwen2 (a CPU smoke test); on CPU the memory
-column is the peak resident set size of the process during the phase.
+column is the peak resident set size of the process during the phase. `--mode generate`
+(`psr.tools.gpu_generate`) measures generation throughput per backend instead.
 """
 
 from __future__ import annotations
@@ -473,6 +474,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="psr gpu-check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("train",), default="train",
+                        help="train (this check); `psr gpu-check --mode generate` measures generation backends")
     parser.add_argument("--arch", choices=("7b", "tiny"), default="7b")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per training example")
     parser.add_argument("--steps", type=int, default=3, help="SFT steps and DPO steps")

@@ -34,10 +34,10 @@ def probe(name: str, seed: int, overrides: list[str], results_dir: str = "/tmp/p
     warm = stages.warmup_stage(ctx)
     out: dict = {"name": name, "seed": seed, "over": overrides, "warm_s": round(time.perf_counter() - t0),
                  "loss_final": warm["train"]["metrics"].get("train_loss_final")}
-    policy = stages.policy_for(ctx)
-    acc = stages.evaluate_stage(ctx, policy)["synthetic"]["accuracy"]
-    judge = stages.judging_stage(ctx, policy)
-    search = stages.preference_stage(ctx, policy)
+    with stages.policy_for(ctx) as policy:
+        acc = stages.evaluate_stage(ctx, policy)["synthetic"]["accuracy"]
+        judge = stages.judging_stage(ctx, policy)
+        search = stages.preference_stage(ctx, policy)
     test = {p["id"]: p for p in read_jsonl(ctx.layout.data_dir / "test.jsonl")}
     by_ops = collections.defaultdict(list)
     for row in read_jsonl(ctx.layout.stage_dir("psrlm", 1, "05_evaluate") / "synthetic.jsonl"):
