@@ -51,7 +51,7 @@ class VLLMGenerator:
     in flight as one batch. `prompts_per_request`: prompts packed into one request when they share
     their settings (greedy decoding, or sampling without per-request seeds)."""
 
-    def __init__(self, base_url: str, model: str, *, request_seeds: bool = True, concurrency: int = 64,
+    def __init__(self, base_url: str, model: str, *, request_seeds: bool = True, concurrency: int = 256,
                  prompts_per_request: int = 16, timeout_s: float = 3600.0, explain: Callable[[], str] | None = None):
         if concurrency < 1 or prompts_per_request < 1:
             raise ValueError("concurrency and prompts_per_request must be >= 1")
