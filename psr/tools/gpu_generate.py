@@ -16,7 +16,8 @@ The checkpoint is built as in `psr gpu-check` (Qwen2.5-Math-7B's architecture wi
 a small Qwen2 with `--arch tiny`), the prompts are `--prompts` random digit strings of
 `--prompt-len` tokens, and every backend decodes them greedily for up to `--new-tokens` tokens. A
 random model rarely emits EOS, so the work is about prompts x new tokens for each backend; the
-count is what each backend reports generating. The table is followed by one JSON line.
+count is what each backend reports generating. The memory column is this process's (on a CPU its
+peak RSS): a vLLM server's own memory is not in it. The table is followed by one JSON line.
 """
 
 from __future__ import annotations
