@@ -11,11 +11,12 @@ the teacher at all (`DeferredGenerator`).
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from typing import Callable
 
 from psr.config import ModelParams, TeacherParams
-from psr.engines import Generator, HFGenerator, Sample, VLLMGenerator
+from psr.engines import Generator, HFGenerator, Sample, ServerSettings, VLLMServer
 from psr.io import append_jsonl, jsonl_rows
 from psr.lineage import model_identity, sha256_json
 from psr.models import load_model, load_tokenizer, resolve_model_name
@@ -99,9 +100,12 @@ def load_teacher(teacher: TeacherParams, templates: Templates, cache_path: str |
     tokenizer = load_tokenizer(path, model_params)
 
     def build() -> Generator:
-        if teacher.backend == "vllm":  # pragma: no cover - GPU
-            return VLLMGenerator(path, dtype=teacher.dtype, trust_remote_code=teacher.trust_remote_code,
-                                 tensor_parallel_size=teacher.tensor_parallel_size, seed=0)
+        if teacher.backend == "vllm":  # pragma: no cover - needs the vLLM environment (make vllm-env)
+            settings = ServerSettings(dtype=teacher.dtype, tensor_parallel_size=teacher.tensor_parallel_size,
+                                      extra_args=("--trust-remote-code",) if teacher.trust_remote_code else ())
+            server = VLLMServer(path, settings).start()
+            atexit.register(server.stop)  # the teacher serves the data build that asked for it, then goes
+            return server.generator()
         return HFGenerator(load_model(path, model_params), tokenizer, max_tokens_per_batch=teacher.max_tokens_per_batch)
 
     if cache_path is None:
