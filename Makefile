@@ -57,8 +57,8 @@ test-vllm: setup vllm-env
 
 # the notebooks' parameters cells default to params/tiny.yaml; run `make study` first so each
 # stage finds the models and data of the stages before it
-lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+lab: setup  # as root (a container) Jupyter needs --allow-root
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 clean-venv:
 	rm -rf $(VENV)
