@@ -28,6 +28,7 @@ from psr.io import read_jsonl
 from psr.models import load_tokenizer
 from psr.prompts import Templates, chat_prompt
 from psr.records import Question
+from psr.study.report import value
 from psr.tasks.benchmarks import BENCHMARKS
 
 
@@ -106,8 +107,8 @@ def measured_lengths(run: Path, params: Params) -> Lengths:
     metrics = json.loads((run / "metrics.json").read_text())
     expansions = questions = cand = judge = decoded = 0
     for cell in metrics["arms"].get("psrlm", {}).values():
-        s = cell.get("search") or {}
-        if "expansions" in s:
+        s = {k: value(v) for k, v in (cell.get("search") or {}).items()}  # several seeds: their mean
+        if s.get("expansions") is not None:
             expansions += s["expansions"]
             questions += s["questions"]
             cand += s["candidate_tokens"]
