@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from psr.io import append_jsonl, read_json, write_json
 from psr.study import stages
 from psr.study.context import Context
 from psr.study.layout import PREFERENCE_STAGE
@@ -28,8 +29,7 @@ def copy_inputs(run_dir: Path, seed: int, arm: str, k: int, dst: Path) -> Path:
     for part in ("data", f"{arm}/M{k}/model", f"{arm}/M{k}/{PREFERENCE_STAGE}"):
         if not (out_seed / part).exists():
             shutil.copytree(seed_dir / part, out_seed / part)
-    params = json.loads((run_dir / "params.json").read_text())
-    (dst / "params.json").write_text(json.dumps(params))
+    write_json(dst / "params.json", read_json(run_dir / "params.json"))
     return dst / "params.json"
 
 
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     row = probe(args.run_dir, args.seed, args.arm, args.k, args.name, args.overrides)
     print(json.dumps(row), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(args.out, [row])
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from psr.answer_key import SyntheticKey
 from psr.diagnostics import step_pair_kinds
-from psr.io import read_jsonl
+from psr.io import append_jsonl, read_jsonl
 from psr.study import stages
 from psr.study.context import Context
 from psr.study.data import prepare_data
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     row = probe(args.name, args.seed, args.overrides)
     print(json.dumps(row), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(args.out, [row])
     return 0
 
 
