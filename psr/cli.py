@@ -1,5 +1,5 @@
 """`psr` command line: `psr run PARAMS [-p key=value ...]`, `psr report RUN_DIR [--readme README.md]`,
-`psr build-eft PARAMS`, `psr estimate PARAMS`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
+`psr build-eft PARAMS`, `psr ship-m1 RUN_DIR --to DIR`, `psr estimate PARAMS`, `psr gpu-check`, `psr bench NAME`, `psr smol`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["gpu-check"]:  # argparse's REMAINDER drops leading options (`--arch tiny`)
         generate = "--mode=generate" in argv or any(a == "--mode" and b == "generate" for a, b in zip(argv, argv[1:]))
         return command("psr.tools.gpu_generate" if generate else "psr.tools.gpu_check").main(argv[1:])
+    if argv[:1] == ["ship-m1"]:
+        return command("psr.tools.ship_m1").main(argv[1:])
     if argv[:1] == ["estimate"]:
         return command("psr.tools.estimate").main(argv[1:])
     if argv[:1] == ["build-eft"]:  # its own options and help (psr.tools.build_eft)
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_p = sub.add_parser("bench", help="benchmarks: search, train, grading")
     bench_p.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("smol", help="convert SmolLM2-135M-Instruct (model name `smol`) once into a local folder")
+    sub.add_parser("ship-m1", help="copy a run's warm-up models into a preset's warmup.shipped folder")
     sub.add_parser("build-eft", help="step-pair EFT judged by the preset's teacher model (psr build-eft -h)")
     args = parser.parse_args(argv)
 

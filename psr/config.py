@@ -291,6 +291,10 @@ class WarmupParams(_Training):
     max_steps: int = -1
     # batches of similar length waste less compute on padding (IFT and EFT lengths differ ~2x)
     sampling: Literal["random", "group_by_length"] = "random"
+    # a folder of M1s this warm-up already made (`<folder>/seed<S>/<arm>/`, `psr ship-m1`), relative
+    # to the preset file: an M1 whose manifest inputs equal this run's is copied instead of
+    # retrained; empty (`-p warmup.shipped=`) = always train
+    shipped: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
 
 
 class SearchParams(Section):
@@ -481,6 +485,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Params:
             f"{path}: run.accelerate_config {params.run.accelerate_config!r}: no such file {accel} "
             "(the path is relative to the preset file)"
         )
+    shipped = shipped_m1_dir(params)
+    if shipped is not None and not shipped.is_dir():
+        raise ConfigError(
+            f"{path}: warmup.shipped {params.warmup.shipped!r}: no such folder {shipped} "
+            "(the path is relative to the preset file; empty = train M1 from scratch)"
+        )
     return params
 
 
@@ -508,7 +518,15 @@ def accelerate_config_path(params: Params) -> Path | None:
     """The accelerate config file `run.accelerate_config` names, or None when training runs in
     the caller's own process. A relative path is relative to the preset file (`params.source`;
     the working directory for params built without a file), like `file:` prompt overrides."""
-    value = params.run.accelerate_config
+    return _relative_to_preset(params, params.run.accelerate_config)
+
+
+def shipped_m1_dir(params: Params) -> Path | None:
+    """The folder of shipped M1s `warmup.shipped` names (relative to the preset file), or None."""
+    return _relative_to_preset(params, params.warmup.shipped)
+
+
+def _relative_to_preset(params: Params, value: str) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from psr import config, lineage
+from psr.tools import ship_m1
 from psr.tools.bench_train import tiny_records
 from psr.models import build_tiny_model, load_policy, train_tokenizer
 from psr.prompts import Templates, chat_prompt, parse_verdict
@@ -28,6 +29,7 @@ from psr.train import (
     dpo_inputs,
     sft_examples,
     sft_inputs,
+    shipped_m1,
     solution_dpo_examples,
     srlm_sft_examples,
     step_dpo,
@@ -355,6 +357,38 @@ def test_warmup_manifest_and_skip(m1, data):
     t0 = time.perf_counter()
     assert warmup_sft(data.params, m1.examples, m1.dir, tokenizer=m1.tok, seed=0) == m1.dir
     assert time.perf_counter() - t0 < 2 and (m1.dir / lineage.MANIFEST).stat().st_mtime_ns == before
+
+
+def test_a_shipped_m1_of_the_same_inputs_is_copied_not_retrained(m1, data, tmp_path, monkeypatch):
+    shipped = tmp_path / "models" / "seed0" / "psrlm"
+    assert ship_m1.main([str(m1.work.parent), "--to", "unused"]) == 2  # no run layout: a clear refusal
+    run = tmp_path / "run"
+    (run / "seed0" / "psrlm" / "M1").mkdir(parents=True)
+    os.symlink(m1.dir, run / "seed0" / "psrlm" / "M1" / "model")
+    index = ship_m1.ship(run, tmp_path / "models")
+    assert index["models"]["seed0/psrlm"]["digest"] == lineage.read_manifest(m1.dir)["digest"]
+    assert (shipped / "model.safetensors").read_bytes() == (m1.dir / "model.safetensors").read_bytes()
+    assert shipped_m1(tmp_path / "models", 0, "psrlm") == shipped
+    monkeypatch.setattr("psr.train.stages.run_sft", lambda *a, **k: pytest.fail("retrained a shipped M1"))
+    out = warmup_sft(data.params, m1.examples, tmp_path / "M1", tokenizer=m1.tok, seed=0, shipped=shipped)
+    assert lineage.read_manifest(out)["digest"] == lineage.read_manifest(m1.dir)["digest"]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folder left behind
+    # another seed's inputs do not match the shipped model: it trains (here: reaches run_sft)
+    with pytest.raises(pytest.fail.Exception, match="retrained"):
+        warmup_sft(data.params, m1.examples, tmp_path / "M1-seed1", tokenizer=m1.tok, seed=1, shipped=shipped)
+
+
+def test_shipped_m1_folder_is_checked_at_load(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("warmup:\n  shipped: models/tiny\n")
+    with pytest.raises(config.ConfigError, match="warmup.shipped 'models/tiny': no such folder"):
+        config.load(preset)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    assert config.shipped_m1_dir(config.load(preset)) == tmp_path / "models" / "tiny"
+    assert config.shipped_m1_dir(config.load(preset, ["warmup.shipped="])) is None
+    # where the copy lies is not part of what M1 is: the manifest inputs ignore it
+    assert (sft_inputs(config.load(preset), [{"prompt": "p", "completion": "c"}], base=None, seed=0)
+            == sft_inputs(config.load(preset, ["warmup.shipped="]), [{"prompt": "p", "completion": "c"}], base=None, seed=0))
 
 
 def test_step_dpo_raises_reward_margin(m1, data):

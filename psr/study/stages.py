@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from psr import lineage
+from psr.config import shipped_m1_dir
 from psr.answer_key import AnswerKeyScorer, task_answer_key
 from psr.engines import Generator, HFGenerator
 from psr.evaluate import evaluate
 from psr.grading import extract_answer, is_equiv
 from psr.io import append_jsonl, read_json, read_jsonl, write_json
+from psr.lineage import read_manifest
 from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import load_policy, load_tokenizer
 from psr.policy import Policy
@@ -34,7 +36,8 @@ from psr.study.data import load_records, m0_tokenizer, prepare_data
 from psr.study.layout import EXPANSIONS, PREFERENCE_STAGE, SCORED, SUMMARY
 from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
-from psr.train import solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples, warmup_sft
+from psr.train import (shipped_m1, solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples,
+                       warmup_sft)
 
 
 def _tokenizer(ctx: Context):
@@ -72,13 +75,17 @@ def warmup_stage(ctx: Context) -> dict:
     else:
         examples = srlm_sft_examples(ift, load_records(data, "srlm_eft", SRLMEFTRecord), ctx.templates, tokenizer)
     base = None if p.model.kind == "tiny" else p.model.name_or_path
+    shipped_dir = shipped_m1_dir(p)
+    shipped = None if shipped_dir is None else shipped_m1(shipped_dir, ctx.seed, ctx.arm)
     t0 = time.perf_counter()
     with _progress(ctx, "01_warmup_sft") as progress:
         out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed,
-                         callbacks=_training_callbacks(ctx, progress))
+                         callbacks=_training_callbacks(ctx, progress), shipped=shipped)
     manifest = read_json(Path(out) / "manifest.json")
+    from_shipped = shipped is not None and (read_manifest(shipped) or {}).get("digest") == manifest["digest"]
     return _save(ctx, "01_warmup_sft", {
-        "model": str(out), "examples": len(examples), "data": read_json(data / "manifest.json")["counts"],
+        "model": str(out), "source": f"shipped: {shipped}" if from_shipped else "trained",
+        "examples": len(examples), "data": read_json(data / "manifest.json")["counts"],
         "train": {k: v for k, v in manifest.items() if k != "log_history"},
         "log_history": manifest.get("log_history", []), "wall_s": round(time.perf_counter() - t0, 2),
     })

@@ -15,7 +15,7 @@ from psr.train.examples import (
 )
 from psr.train.launch import LaunchError, LaunchFailed
 from psr.train.run import run_dpo, run_sft
-from psr.train.stages import dpo_inputs, reference_dir, sft_inputs, step_dpo, warmup_sft
+from psr.train.stages import dpo_inputs, reference_dir, sft_inputs, shipped_m1, step_dpo, warmup_sft
 from psr.train.trainers import StepDPOTrainer, build_dpo_trainer, build_sft_trainer
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "sft_args",
     "sft_examples",
     "sft_inputs",
+    "shipped_m1",
     "solution_dpo_examples",
     "srlm_sft_examples",
     "step_dpo",

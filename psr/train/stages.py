@@ -7,7 +7,10 @@ when training has finished. Training runs in this process (`psr.train.run`), or 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,9 +41,29 @@ def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sou
         "examples": lineage.sha256_json(list(examples)),
         "n_examples": len(examples),
         "data_files": lineage.file_hashes(sources),
-        "params": params.digest("model", "warmup"),
+        "params": _warmup_digest(params),
         "seed": seed,
     }
+
+
+def _warmup_digest(params: Params) -> str:
+    """`params.digest("model", "warmup")` without `warmup.shipped`: where a copy of M1 lies does
+    not change what M1 is, so a shipped M1 matches the run that made it."""
+    data = params.to_dict()
+    data["warmup"].pop("shipped", None)
+    data = {s: data[s] for s in ("model", "warmup")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shipped_m1(shipped_dir: str | Path | None, seed: int, arm: str) -> Path:
+    """Where a shipped M1 of (seed, arm) lies in a `warmup.shipped` folder."""
+    return Path(shipped_dir) / f"seed{seed}" / arm
+
+
+def _copy_shipped(shipped: Path, out_dir: Path) -> None:
+    """Publish a shipped M1 at `out_dir` the way training publishes one (staging, then rename)."""
+    with lineage.staging(out_dir) as tmp:
+        shutil.copytree(shipped, tmp, dirs_exist_ok=True)
 
 
 def dpo_inputs(params: Params, model_dir, examples, *, ref_dir=None, seed: int, sources=None) -> dict[str, Any]:
@@ -79,6 +102,7 @@ def warmup_sft(
     seed: int = 0,
     sources: dict[str, str | Path] | None = None,
     callbacks: list | None = None,
+    shipped: str | Path | None = None,
 ) -> Path:
     """M0 -> M1: one SFT run (loss on the completion only) on prompt/completion examples.
 
@@ -87,7 +111,8 @@ def warmup_sft(
     files the examples came from (their hashes go into the manifest). Returns `out_dir`; returns
     at once when it already holds a finished model made from the same inputs. With
     `run.accelerate_config` set, training runs under `accelerate launch` (no `callbacks` then:
-    they cannot cross into the launched processes)."""
+    they cannot cross into the launched processes). `shipped`: a model folder this warm-up made
+    before (`warmup.shipped`); when its manifest's inputs equal these, it is copied, not retrained."""
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("warmup_sft: no training examples")
@@ -101,6 +126,12 @@ def warmup_sft(
     inputs = sft_inputs(params, examples, base=base, tokenizer=tokenizer, seed=seed, sources=sources)
     if lineage.is_complete(out_dir, inputs):
         return out_dir
+    if shipped is not None:
+        if lineage.is_complete(shipped, inputs):
+            _copy_shipped(Path(shipped), out_dir)
+            return out_dir
+        print(f"warmup_sft: {shipped} is not an M1 of these inputs (other params, data, tokenizer or "
+              "seed, or no such folder): training M1 from scratch")
     launch = _launch_config(params)
     if launch is None:
         with lineage.staging(out_dir) as tmp:
