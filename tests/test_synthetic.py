@@ -379,3 +379,18 @@ def test_easy_to_hard_knobs_lengthen_judge_data_and_pools_only(task):
     assert syn.build_task(PARAMS.model_copy(update={"eft_max_steps": 0, "pool_max_steps": 0}), 0) == task
     with pytest.raises(ConfigError, match="eft_max_steps"):
         Params().replace({"task.eft_max_steps": 3})
+
+
+def test_the_pool_range_changes_the_pools_only_not_the_warm_up_data_or_the_tokenizer(task):
+    """A warmed-up M1 (`warmup.shipped`) stays valid when only the search pools move outside the
+    IFT range: IFT, EFT, SRLM EFT, the held-out splits and the tokenizer's corpus are the same."""
+    hard = syn.build_task(PARAMS.model_copy(update={"pool_min_steps": 5, "pool_max_steps": 5}), 0)
+    ops = lambda q: len(syn.parse_question(q).ops)  # noqa: E731
+    assert {ops(q.question) for pool in hard.pools for q in pool} == {5}
+    assert [len(p) for p in hard.pools] == [len(p) for p in task.pools]
+    for split in ("ift", "eft", "eft_test", "test", "srlm_eft"):
+        assert getattr(hard, split) == getattr(task, split), split
+    templates = Templates.from_params(PromptParams(style="compact"))
+    assert list(corpus(hard, templates)) == list(corpus(task, templates))
+    seen = {r.question for r in hard.ift} | {p.question for p in hard.test} | {r.question for r in hard.eft}
+    assert not seen & {q.question for pool in hard.pools for q in pool}  # still distinct from every split

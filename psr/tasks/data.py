@@ -30,6 +30,10 @@ class TaskData:
     pools: list[list[Question]] = field(default_factory=list)
     test: list[Problem] = field(default_factory=list)
     srlm_eft: list[SRLMEFTRecord] = field(default_factory=list)
+    # the questions `corpus` gives the tokenizer in place of the pools' (empty: the pools'); not
+    # written to the data folder. The synthetic task sets it when its pools lie outside the IFT
+    # range, so that the tokenizer, like the warm-up data, does not depend on the pool range.
+    tokenizer_questions: list[Question] = field(default_factory=list)
 
 
 _POOL_FILE = re.compile(r"^pool_(\d+)\.jsonl$")
@@ -80,8 +84,7 @@ def corpus(task: TaskData, templates: Templates | Iterable[Templates]) -> Iterat
             yield t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b) + "\n" + r.judgment
         for r in task.srlm_eft:
             yield t.srlm_prompt(r.question, r.response) + "\n" + r.judgment
-        for pool in task.pools:
-            for q in pool:
-                yield t.reasoning_prompt(q.question)
+        for q in task.tokenizer_questions or [q for pool in task.pools for q in pool]:
+            yield t.reasoning_prompt(q.question)
         for p in task.test:
             yield t.reasoning_prompt(p.question)

@@ -515,10 +515,17 @@ def build_task(params: TaskParams, seed: int) -> TaskData:
     pool_lo, pool_hi = params.pool_min_steps or lo, params.pool_max_steps or hi
     _, test = split("test", params.n_test, lo, params.test_max_steps)
     eft_test_rng, eft_test = split("eft_test", params.n_eft_test, lo, judge_hi)
-    pools = [split(f"pool{i}", n, pool_lo, pool_hi)[1] for i, n in enumerate(params.questions_per_iteration, start=1)]
+    # pools in the IFT range are drawn here, before the training splits, whatever the pool range:
+    # the warm-up data and the tokenizer (`tokenizer_questions`) then do not depend on where the
+    # search pools come from (a warmed-up M1 stays valid when only the pools change); pools of
+    # another range are drawn last
+    in_range = [split(f"pool{i}", n, lo, hi)[1] for i, n in enumerate(params.questions_per_iteration, start=1)]
     eft_rng, eft = split("eft", params.n_eft, lo, judge_hi)
     _, ift = split("ift", params.n_ift, lo, hi)
     srlm_rng, srlm = split("srlm", params.n_srlm_eft, lo, judge_hi)
+    pools = in_range if (pool_lo, pool_hi) == (lo, hi) else [
+        split(f"pool{i}:{pool_lo}-{pool_hi}", n, pool_lo, pool_hi)[1]
+        for i, n in enumerate(params.questions_per_iteration, start=1)]
     return TaskData(
         ift=[IFTRecord(id=p.id, question=p.question, steps=p.steps) for p, _ in ift],
         eft=_eft_records(eft_rng, eft),
@@ -526,4 +533,6 @@ def build_task(params: TaskParams, seed: int) -> TaskData:
         pools=[[Question(id=p.id, question=p.question) for p, _ in pool] for pool in pools],
         test=[p for p, _ in test],
         srlm_eft=_srlm_records(srlm_rng, srlm),
+        tokenizer_questions=[] if pools is in_range else
+        [Question(id=p.id, question=p.question) for pool in in_range for p, _ in pool],
     )
