@@ -119,6 +119,17 @@ def test_m0_is_judged_and_evaluated_once_and_shown_for_every_arm_beside_the_loop
     assert "| psrlm | synthetic | +20.0 | +20.0 |" in report  # M3 - M1, not M3 - M0
 
 
+def test_a_run_made_before_m0_was_evaluated_has_no_m0_row(tmp_path):
+    params = fake_run(tmp_path, [0])
+    layout = layout_for(params, 0)
+    for stage in ("03_judging", "05_evaluate"):
+        (layout.stage_dir("psrlm", 0, stage) / "summary.json").unlink()
+        layout.marker_path("psrlm", 0, stage).unlink()
+    m = write_report(params)
+    assert all("M0" not in data for data in m["arms"].values())
+    assert "-M0 |" not in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_the_test_time_table_puts_the_search_beside_greedy_decoding_on_the_same_problems(tmp_path):
     metrics = write_report(fake_run(tmp_path, [0, 1]))
     t = metrics["arms"]["psrlm"]["M2"]["test_time"]["synthetic"]

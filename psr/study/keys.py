@@ -3,9 +3,10 @@ an interrupted one.
 
 A key hashes the stage's name, seed, arm, k, the params sections it reads and the key of the stage
 that made its input model (another arm's warm-up for the verified arm's M1; for M0, which no stage
-makes, the data and model settings it is built from). A stage is skipped when its done-marker holds the same key; otherwise
-it runs, keeping its partial files only when they were made for the same key. Markers are written
-last and atomically, so a `kill -9` never leaves a stage that looks done but is not.
+makes, the data and model settings it is built from). A stage is skipped when its done-marker
+holds the same key; otherwise it runs, keeping its partial files only when they were made for the
+same key. Markers are written last and atomically, so a `kill -9` never leaves a stage that looks
+done but is not.
 """
 
 from __future__ import annotations

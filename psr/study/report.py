@@ -100,6 +100,8 @@ def _chain_metrics(params: Params, seed: int, arm: str) -> dict[str, dict]:
         if stage == PREFERENCE_STAGE and (layout.stage_dir(arm, k, stage) / DIAGNOSTICS).exists():
             diagnostics = read_json(layout.stage_dir(arm, k, stage) / DIAGNOSTICS)
             m["pairs"] = {k2: v for k2, v in diagnostics.items() if k2 not in ("stage_key", "version")}
+    if "M0" in out and not out["M0"]["eval"] and "judge" not in out["M0"]:
+        del out["M0"]  # a run made before M0 was judged and evaluated: no empty row for it
     return out
 
 
