@@ -376,6 +376,22 @@ class EvalParams(Section):
     judge_limit: int = 0
 
 
+class M0Params(Section):
+    """M0, the model before warm-up, judged and evaluated beside M1..M(K+1) (paper Tables 1 and 3):
+    greedy evaluation as for every M_k, and judging with worked examples in the prompt, since M0
+    was never taught the judge's format (paper Table 3's 3-shot row)."""
+
+    judge_shots: NonNegative = 3  # EFT training records shown before M0's judge prompt; 0 = zero-shot
+
+
+class ScalingParams(Section):
+    """The self-judged step search as a way to solve at inference (paper §5.2, Table 5), run on
+    the arms whose models judge their own steps (`psr.study.arms.scales_at_test_time`), with
+    `search` and `judge` as the preference search uses them."""
+
+    problems: NonNegative = 0  # the first N problems of each eval benchmark; 0 = no test-time stage
+
+
 class VLLMParams(Section):
     """The vLLM server that generates when `search.backend` is 'vllm' (`psr.serving`): one per
     stage, serving that stage's M_k, in vLLM's own environment."""
@@ -411,6 +427,8 @@ class Params(Section):
     dpo: DPOParams = Field(default_factory=DPOParams)
     srlm: SRLMParams = Field(default_factory=SRLMParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    m0: M0Params = Field(default_factory=M0Params)
+    test_time: ScalingParams = Field(default_factory=ScalingParams)
     vllm: VLLMParams = Field(default_factory=VLLMParams)
     source: str = ""  # the preset file this came from (set by load)
 

@@ -11,7 +11,7 @@ unparseable one gives no win to either side and is counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from psr.config import JudgeParams
 from psr.engines import Generator, Sample
@@ -171,6 +171,30 @@ def _percent(num: int, den: int) -> float | None:
     return 100.0 * num / den if den else None
 
 
+def few_shot_examples(records: Sequence[EFTRecord], n: int) -> list[EFTRecord]:
+    """n worked examples for a few-shot judge prompt: records in file order, taking verdicts A and
+    B in turn while both are left, so the examples show no favourite slot."""
+    left = {v: [r for r in records if r.verdict == v] for v in ("A", "B")}
+    want = records[0].verdict if records else "A"
+    out: list[EFTRecord] = []
+    while len(out) < n and (left["A"] or left["B"]):
+        side = want if left.get(want) else ("B" if want == "A" else "A")
+        out.append(left[side].pop(0))
+        want = "B" if side == "A" else "A"
+    return out
+
+
+def pair_prompts(records: Sequence[EFTRecord], policy: Policy, shots: Sequence[EFTRecord] = ()) -> list[str]:
+    """Two judge prompts per record, the steps as given and swapped, after `shots` worked
+    examples (none: the plain judge prompt)."""
+    judge = policy.templates.few_shot_judge_prompt
+    prompts = []
+    for r in records:
+        prompts.append(policy.chat(judge(shots, r.question, r.previous_steps, r.step_a, r.step_b)))
+        prompts.append(policy.chat(judge(shots, r.question, r.previous_steps, r.step_b, r.step_a)))
+    return prompts
+
+
 def judge_pairs_accuracy(
     records: list[EFTRecord],
     policy: Policy,
@@ -178,21 +202,19 @@ def judge_pairs_accuracy(
     *,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    shots: Sequence[EFTRecord] = (),
 ) -> dict:
     """Judge accuracy on held-out step pairs, in percent. Each record is judged as given and with
     the steps swapped; each order counts as one try (correct when it names the better step).
     `position_consistency`: records whose two orders name the same step (an unparseable order
     never agrees); `parse_rate`: outputs with a verdict. Percentages are None when n is 0.
+    `shots`: worked examples shown before every pair (`few_shot_examples`; M0's judge).
     `on_progress(done, total)` is called with 0 records done before the one batched judge call
     and with all of them after it."""
     for r in records:
         if r.verdict not in ("A", "B"):
             raise ValueError(f"EFT record {r.id!r}: verdict must be 'A' or 'B', got {r.verdict!r}")
-    judge = policy.templates.judge_prompt
-    prompts = []
-    for r in records:
-        prompts.append(policy.chat(judge(r.question, r.previous_steps, r.step_a, r.step_b)))
-        prompts.append(policy.chat(judge(r.question, r.previous_steps, r.step_b, r.step_a)))
+    prompts = pair_prompts(records, policy, shots)
     if on_progress:
         on_progress(0, len(records))
     samples = run_judge_prompts(prompts, policy.generator, judge_params, seed=seed)

@@ -5,7 +5,8 @@ The wording is ours; the *format* is the paper's (Appendix C): `Step n: ` steps 
 next step, a verdict `[[A]]`/`[[B]]` after an explanation, and `Score: N` for SRLM. A preset may
 replace any template (`prompts.judge: file:my_judge.txt`) to run the paper's exact text. The
 `compact` style keeps every marker but shortens the instructions, for the tiny preset whose
-context is short.
+context is short. M0, never taught the judge's format, is judged with worked examples before
+the pair (`Templates.few_shot_judge_prompt`, our wording around the judge template).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
+from psr.records import EFTRecord
 from psr.steps import prefix_text
 
 Verdict = Literal["A", "B"]
@@ -67,6 +69,12 @@ COMPACT_SRLM = (
     "User: {question}\n<response>{response}</response>"
 )
 
+# Around the judge template when worked examples come first (M0's judge, paper Table 3's few-shot row).
+FEW_SHOT_HEAD = ("Below are {n} comparisons of two next steps, each followed by its judgment. "
+                 "Judge the last comparison in the same way.\n\n")
+FEW_SHOT_EXAMPLE = "Comparison {i}:\n{prompt}\nJudgment {i}:\n{judgment}\n\n"
+FEW_SHOT_LAST = "Comparison {i}:\n{prompt}"
+
 _FIELDS = {
     "reasoning": {"question"},
     "judge": {"context", "step_a", "step_b"},
@@ -117,6 +125,19 @@ class Templates:
         the earlier steps one per line (the paper leaves this layout open)."""
         context = question + ("\n" + prefix_text(previous_steps).rstrip("\n") if previous_steps else "")
         return self.judge.format(context=context, step_a=step_a, step_b=step_b)
+
+    def few_shot_judge_prompt(self, shots: Sequence[EFTRecord], question: str, previous_steps: list[str],
+                              step_a: str, step_b: str) -> str:
+        """The judge prompt for (step_a, step_b) after worked examples: each shot's own judge prompt
+        and the judgment it got, then the pair to judge. Without shots, exactly `judge_prompt`."""
+        prompt = self.judge_prompt(question, previous_steps, step_a, step_b)
+        if not shots:
+            return prompt
+        examples = "".join(
+            FEW_SHOT_EXAMPLE.format(i=i, prompt=self.judge_prompt(s.question, list(s.previous_steps), s.step_a, s.step_b),
+                                    judgment=s.judgment)
+            for i, s in enumerate(shots, 1))
+        return FEW_SHOT_HEAD.format(n=len(shots)) + examples + FEW_SHOT_LAST.format(i=len(shots) + 1, prompt=prompt)
 
     def srlm_prompt(self, question: str, response: str) -> str:
         return self.srlm.format(question=question, response=response)

@@ -571,6 +571,24 @@ def trace_search(
     return traces
 
 
+@dataclass
+class Solved:
+    """One question solved by the search at test time: its text (`Step 1: ...`, partial when a
+    cap stopped it), how it stopped (as `QuestionStatus.stop`) and what the search spent on it."""
+
+    id: str
+    text: str
+    finished: bool
+    stop: str
+    n_steps: int
+    counters: SearchCounters = field(default_factory=SearchCounters, metadata={FLATTEN: True})
+
+    @property
+    def tokens(self) -> int:
+        """Every token generated for the question: candidate steps and judgments."""
+        return self.counters.candidate_tokens + self.counters.judge_tokens
+
+
 def solve_with_search(
     questions: list[Question],
     policy: Policy,
@@ -580,15 +598,32 @@ def solve_with_search(
     *,
     progress: bool = True,
     scorer: Scorer | None = None,
+    on_done: Callable[[Solved], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Test-time scaling (paper §5.2): the same search, keeping the best candidate at every step
     and no pairs; returns each question's solution text (`Step 1: ...`), partial if a cap hit.
-    `scorer`: as in `step_search`."""
+    `scorer`: as in `step_search`. `on_done(solved)`: called as each question ends, so a caller
+    can keep it at once (a question's e-th expansion always falls in round e with the same seeds,
+    so a question solved again after a kill replays exactly). `on_progress(done, total)`: at the
+    start and as each question ends."""
     _check_inputs(questions, search)
     states = _reasoning_states(questions, policy)
+    done = [0]
+    if on_progress:
+        on_progress(0, len(states))
+
+    def finish(s: _State) -> None:
+        done[0] += 1
+        if on_done:
+            on_done(Solved(s.question.id, join_steps(s.steps), s.final, s.stop, len(s.steps),
+                           dataclasses.replace(s.counters)))
+        if on_progress:
+            on_progress(done[0], len(states))
+
     _run(
         states, policy, search, scorer or SelfJudge(policy, judge),
-        iteration=0, seed=derive_seed(seed, "solve"), on_done=lambda s: None, progress=progress,
+        iteration=0, seed=derive_seed(seed, "solve"), on_done=finish, progress=progress,
         desc="search-based solving",
     )
     return [join_steps(s.steps) for s in states]

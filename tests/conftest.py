@@ -53,9 +53,9 @@ class ScriptedGenerator:
         self.calls.append(("/".join(sorted(kinds)), len(prompts), n))
         out = []
         for p in prompts:
-            if SLOT_A.search(p):
-                q, prev = _split_context(_CONTEXT.search(p).group(1))
-                text = self.judge(q, prev, SLOT_A.search(p).group(1), SLOT_B.search(p).group(1))
+            if SLOT_A.search(p):  # after worked examples (a few-shot prompt), the last comparison is the one asked
+                q, prev = _split_context(_last(_CONTEXT, p))
+                text = self.judge(q, prev, _last(SLOT_A, p), _last(SLOT_B, p))
                 out.append([Sample(text, len(text.split()) + 1, "eos")] * n)
             else:
                 m = _PROBLEM.search(p)
@@ -67,6 +67,10 @@ class ScriptedGenerator:
                 assert len(texts) == n
                 out.append([_as_sample(t, stop, max_new_tokens) for t in texts])
         return out
+
+
+def _last(pattern: re.Pattern, text: str) -> str:
+    return pattern.findall(text)[-1]
 
 
 def _split_context(context: str) -> tuple[str, list[str]]:

@@ -116,11 +116,14 @@ def test_multi_process_training_runs_one_stage_at_a_time(tmp_path):
 def test_tiny_digest_is_pinned():
     """Stage keys and lineage digests hash `to_dict()`: a change here invalidates every finished run."""
     p = load(TINY)
-    assert p.digest() == "48efa0b07ef4817b"  # the whole params: new knobs change it, their defaults not the data
+    assert p.digest() == "cb032531bd668d77"  # the whole params: new knobs change it, their defaults not the data
     assert p.digest("search") == "71be97faf809abe2" and p.digest("dpo") == "2542568e93205f8d"
+    # M0's judging and the test-time search read sections of their own: judging and evaluation keep their keys
+    assert p.digest("judge", "eval") == "5d0b286d104e54bd"
     data = p.to_dict()
     assert data["source"] == str(TINY) and data["run"]["seeds"] == [0] and isinstance(data["task"]["operations"], list)
-    assert list(data) == ["run", "task", "model", "prompts", "warmup", "search", "judge", "dpo", "srlm", "eval", "vllm", "source"]
+    assert list(data) == ["run", "task", "model", "prompts", "warmup", "search", "judge", "dpo", "srlm", "eval", "m0",
+                          "test_time", "vllm", "source"]
 
 
 def test_types_are_strict_but_numbers_are_numbers(tmp_path):

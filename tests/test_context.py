@@ -21,13 +21,14 @@ def test_every_notebook_of_a_run_reads_the_runs_resolved_params(tmp_path, monkey
                  "search.width=4", "run.workers=1"]
     calls: list[tuple[str, dict]] = []
     monkeypatch.setattr(runner, "prepare_data", lambda *a, **kw: None)
+    monkeypatch.setattr(runner, "m0_model", lambda *a, **kw: None)
     monkeypatch.setattr(runner, "execute_notebook",
                         lambda src, dst, parameters, *a, **kw: calls.append((Path(src).stem, parameters)))
     runner.run(TINY, overrides, log=lambda msg: None)
 
     resolved = tmp_path / "r" / "params.json"
     expected = load(TINY, overrides)
-    assert sorted({stage for stage, _ in calls}) == sorted([*STAGES, "06_report"])
+    assert sorted({stage for stage, _ in calls}) == sorted([*STAGES, "07_report"])
     for stage, parameters in calls:
         assert parameters["params_path"] == str(resolved)
         extra = parameters["overrides"]  # a stage that runs alone may use every core

@@ -28,8 +28,13 @@ def test_the_7b_budget_is_the_presets_sizes_times_the_lengths():
     assert phases["SRLM scores"].generated == questions * 4 * 3 * 100
     models = 2 * 4  # both arms, M1 .. M4
     assert phases["judging (held-out pairs)"].prompts == models * 2 * 500
-    assert phases["evaluation"].prompts == models * (1319 + 5000 + 385 + 675 + 30 + 40)
+    assert phases["M0 judging (few-shot)"].prompts == 2 * 500  # once: M0 is every arm's
+    assert phases["evaluation"].prompts == (models + 1) * (1319 + 5000 + 385 + 675 + 30 + 40)  # and M0
     assert phases["evaluation"].generated == phases["evaluation"].prompts * 500
+    problems = 4 * (50 * 4 + 30 + 40)  # PSRLM's M1 .. M4 on the first 50 of each benchmark (AIME24 has 30, AMC23 40)
+    assert phases["test-time search (06)"].generated == problems * (500 + 10 * (6 * 50 + 30 * 200))
+    no_scaling = {ph.name for ph in budget(p.replace({"test_time.problems": 0}), L)}
+    assert "test-time search (06)" not in no_scaling
     # the assumptions stay within the preset's caps
     tiny = load(REPO / "params" / "tiny.yaml")
     assert assumed_for(tiny).step == tiny.search.max_step_tokens and assumed_for(tiny).judge == 48

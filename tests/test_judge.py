@@ -11,9 +11,11 @@ from psr.judge import (
     JudgeGroup,
     Judgment,
     count_consistent,
+    few_shot_examples,
     judge_groups,
     judge_pairs_accuracy,
     ordered_pairs,
+    pair_prompts,
     win_counts,
 )
 from psr.models import train_tokenizer
@@ -152,3 +154,27 @@ def test_judge_pairs_accuracy_reports_progress_around_its_one_call(as_policy):
     records = [_eft("A", 0), _eft("B", 1), _eft("A", 2)]
     judge_pairs_accuracy(records, as_policy(ScriptedGenerator()), GREEDY, on_progress=lambda *a: seen.append(a))
     assert seen == [(0, 3), (3, 3)]
+
+
+def test_few_shot_examples_take_verdicts_in_turn_in_file_order():
+    records = [_eft("A", 0), _eft("A", 1), _eft("A", 2), _eft("B", 3), _eft("B", 4)]
+    assert [r.id for r in few_shot_examples(records, 3)] == ["e0", "e3", "e1"]
+    assert [r.id for r in few_shot_examples(records, 9)] == ["e0", "e3", "e1", "e4", "e2"]  # all there are
+    assert [r.id for r in few_shot_examples(records[3:], 2)] == ["e3", "e4"]  # one verdict only: file order
+    assert few_shot_examples(records, 0) == [] and few_shot_examples([], 3) == []
+
+
+def test_a_few_shot_judge_sees_the_worked_examples_and_is_scored_on_the_pair_after_them(as_policy):
+    records = [_eft("A", 0), _eft("B", 1), _eft("A", 2), _eft("B", 3)]
+    shots = [EFTRecord(id=f"s{i}", question=f"shot {i}", previous_steps=[], step_a=f"ok s{i}", step_b=f"wrong s{i}",
+                       verdict="A", judgment=f"worked judgment {i} [[A]]") for i in range(2)]
+    oracle = ScriptedGenerator(judge=lambda q, p, a, b: "[[A]]" if a.startswith("ok") else "[[B]]")
+    r = judge_pairs_accuracy(records, as_policy(oracle), GREEDY, shots=shots)
+    assert r == {"n": 4, "accuracy": 100.0, "position_consistency": 100.0, "parse_rate": 100.0}
+    assert len(oracle.prompts) == 8 and all(f"worked judgment {i} [[A]]" in p for p in oracle.prompts for i in (0, 1))
+    # without shots the prompts are the plain judge prompts M1 on are judged with
+    policy = as_policy(ScriptedGenerator())
+    t = policy.templates
+    assert pair_prompts(records[:1], policy) == [
+        policy.chat(t.judge_prompt("question 0", [], "ok 0", "wrong 0")),
+        policy.chat(t.judge_prompt("question 0", [], "wrong 0", "ok 0"))]

@@ -156,7 +156,7 @@ class FakeNotebooks:
 
 class Simulation:
     """`run_stages` against driven FakeNotebooks on a virtual clock: each stage lasts
-    `seconds[(arm, stage)]` or `seconds[stage]` virtual seconds (default 1). Whenever the scheduler
+    `seconds[(arm, stage)]`, `seconds[(stage, k)]` or `seconds[stage]` virtual seconds (default 1). Whenever the scheduler
     has settled (it runs `workers` stages, or no stage is ready, or one failed), the running stage
     with the earliest virtual end is released, and the next step waits until the scheduler has
     seen that end. The order of events is then what those durations imply, on any machine."""
@@ -186,7 +186,8 @@ class Simulation:
         return len(busy) == self.params.run.workers or not ready
 
     def duration(self, task: Task) -> float:
-        return self.seconds.get((task.arm, task.stage), self.seconds.get(task.stage, 1.0))
+        by_stage = self.seconds.get((task.stage, task.k), self.seconds.get(task.stage, 1.0))
+        return self.seconds.get((task.arm, task.stage), by_stage)
 
     def run(self) -> list[str]:
         def target() -> None:
@@ -232,20 +233,51 @@ def run_fake(params, fake: FakeNotebooks) -> list[str]:
 def test_graph_has_every_planned_stage_and_only_model_dependencies(tmp_path):
     params = tiny_params(tmp_path)  # psrlm, srlm, verified
     graph = study_graph(params)
-    assert len(plan(params, "psrlm")) == len(plan(params, "srlm")) == 11
-    assert len(graph) == 2 * 11 + len(plan(params, "verified"))
+    assert len(plan(params, "srlm")) == 11
+    assert len(plan(params, "psrlm")) == 11 + 2 + 3  # and M0's judging and evaluation, and 06 on M1 .. M3
+    assert len(graph) == 16 + 11 + len(plan(params, "verified"))
 
     def t(stage, k, arm="psrlm"):
         return Task(0, arm, stage, k)
 
     assert graph[t("01_warmup_sft", 1)] == ()
-    for stage in ("02_step_search", "03_judging", "05_evaluate"):
+    for stage in ("02_step_search", "03_judging", "05_evaluate", "06_test_time_scaling"):
         assert graph[t(stage, 1)] == (t("01_warmup_sft", 1),)
         assert graph[t(stage, 2)] == (t("04_step_dpo", 1),)
     assert set(graph[t("04_step_dpo", 2)]) == {t("04_step_dpo", 1), t("02_step_search", 2)}
     assert graph[t("05_evaluate", 3, "srlm")] == (t("04_step_dpo", 2, "srlm"),)
+    assert graph[t("03_judging", 0)] == graph[t("05_evaluate", 0)] == ()  # M0 is made before the graph runs
     with pytest.raises(ValueError, match="unknown stage"):
-        dependencies(t("07_nothing", 1))
+        dependencies(t("08_nothing", 1))
+    with pytest.raises(ValueError, match="M0 has only"):
+        dependencies(t("02_step_search", 0))
+
+
+def test_m0_is_judged_and_evaluated_once_per_seed_in_the_first_arm_that_makes_its_own_m1(tmp_path):
+    params = tiny_params(tmp_path, "run.seeds=[0, 1]")
+    m0 = sorted((t.seed, t.arm, t.stage) for t in study_graph(params) if t.k == 0)
+    assert m0 == [(s, "psrlm", stage) for s in (0, 1) for stage in ("03_judging", "05_evaluate")]
+    assert [t.arm for t in study_graph(tiny_params(tmp_path, "run.arms=[srlm, psrlm]")) if t.k == 0] == ["srlm"] * 2
+    # M0's key stands for what M0 is built from, and its judging's for the worked examples it is shown
+    key = stage_key(params, 0, "psrlm", "03_judging", 0)
+    assert stage_key(tiny_params(tmp_path, "run.seeds=[0, 1]", "m0.judge_shots=2"), 0, "psrlm", "03_judging", 0) != key
+    assert stage_key(tiny_params(tmp_path, "run.seeds=[0, 1]", "m0.judge_shots=2"), 0, "psrlm", "03_judging", 1) == \
+        stage_key(params, 0, "psrlm", "03_judging", 1)
+    assert stage_key(tiny_params(tmp_path, "run.seeds=[0, 1]", "model.hidden_size=96"), 0, "psrlm", "05_evaluate", 0) \
+        != stage_key(params, 0, "psrlm", "05_evaluate", 0)
+
+
+def test_the_test_time_search_runs_on_psrlms_models_when_the_preset_asks(tmp_path):
+    params = tiny_params(tmp_path, "test_time.problems=5")
+    for arm in ("psrlm", "srlm", "verified"):
+        ks = [k for stage, k in plan(params, arm) if stage == "06_test_time_scaling"]
+        assert ks == ([1, 2, 3] if arm == "psrlm" else [])
+    assert not any(stage == "06_test_time_scaling" for stage, _ in plan(tiny_params(tmp_path, "test_time.problems=0"),
+                                                                         "psrlm"))
+    key = stage_key(params, 0, "psrlm", "06_test_time_scaling", 2)
+    assert stage_key(tiny_params(tmp_path, "test_time.problems=6"), 0, "psrlm", "06_test_time_scaling", 2) != key
+    assert stage_key(tiny_params(tmp_path, "test_time.problems=6"), 0, "psrlm", "05_evaluate", 2) == \
+        stage_key(params, 0, "psrlm", "05_evaluate", 2)
 
 
 def test_the_verified_chain_starts_from_psrlms_m1_and_is_never_judged(tmp_path):
@@ -375,12 +407,14 @@ def test_one_worker_runs_the_critical_path_first(tmp_path):
     assert fake.max_running() == 1
     assert [(stage[:2], k) for _, stage, k in fake.started()] == [
         ("01", 1), ("02", 1), ("04", 1), ("02", 2), ("04", 2),
-        ("03", 1), ("05", 1), ("03", 2), ("05", 2), ("03", 3), ("05", 3)]
+        ("06", 1), ("06", 2), ("06", 3),
+        ("03", 0), ("05", 0), ("03", 1), ("05", 1), ("03", 2), ("05", 2), ("03", 3), ("05", 3)]
 
 
 def test_two_workers_judge_and_evaluate_mk_beside_the_search_for_mk_plus_1(tmp_path, settled):
     # one chain: the old per-chain loop ran it strictly in sequence on one worker
-    seconds = {"01_warmup_sft": 1, "02_step_search": 6, "03_judging": 12, "04_step_dpo": 1, "05_evaluate": 12}
+    seconds = {"01_warmup_sft": 1, "02_step_search": 6, "03_judging": 12, "04_step_dpo": 1, "05_evaluate": 12,
+               ("03_judging", 0): 1, ("05_evaluate", 0): 1}
     fake = FakeNotebooks()
     Simulation(tiny_params(tmp_path, "run.arms=[psrlm]"), fake, seconds, settled).run()
     assert fake.max_running() == 2
@@ -415,7 +449,7 @@ def test_first_failure_starts_no_new_stage_lets_running_ones_finish_and_resumes(
     lines = run_fake(params, rerun)
     assert sorted(line for line in lines if "skipped" in line) == [
         "[psrlm] 01_warmup_sft M1: done already, skipped", "[srlm] 01_warmup_sft M1: done already, skipped"]
-    assert len(rerun.started()) == 2 * 11 - 2
+    assert len(rerun.started()) == len(study_graph(params)) - 2
 
 
 def test_the_runner_clears_stale_progress_and_watches_each_running_stage(tmp_path):
@@ -463,7 +497,7 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
     m = json.loads((root / "metrics.json").read_text())
     assert set(m["arms"]) == {"psrlm", "srlm", "verified"}
     for arm, models in m["arms"].items():
-        assert set(models) == {"M1", "M2", "M3"}
+        assert set(models) == {"M0", "M1", "M2", "M3"}  # M0: psrlm's stages, shown for every arm
         for name, cell in models.items():
             acc = cell["eval"]["synthetic"]["accuracy"]
             assert 0 <= acc <= 100 and cell["eval"]["synthetic"]["n"] == 8
@@ -496,15 +530,23 @@ def test_smoke_study_writes_every_arm_iteration_and_benchmark(reference):
         for k in ("M1", "M2"):
             assert m["arms"][a][k]["dpo"]["pairs"] == m["arms"][a][k]["search"]["pairs"]
     for f in ("report.md", "accuracy_by_iteration.png", "judge_by_iteration.png", "steps_by_iteration.png",
-              "pairs_by_iteration.png", "06_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb",
+              "pairs_by_iteration.png", "07_report.ipynb", "psrlm/M1/01_warmup_sft.ipynb",
+              "psrlm/M0/model/manifest.json", "psrlm/M0/05_evaluate.ipynb", "psrlm/M3/06_test_time_scaling.ipynb",
               "srlm/M3/05_evaluate.ipynb", "verified/M3/05_evaluate.ipynb", "verified/M1/02_step_search/diagnostics.json"):
         assert (root / f).is_file(), f
     assert not (root / "verified" / "M1" / "model").exists() and (root / "verified" / "M2" / "model").is_dir()
     report = (root / "report.md").read_text()
     assert "PSRLM-M3" in report and "VERIFIED-M1 (= PSRLM-M1)" in report and "Pair diagnostics" in report
+    assert "| SRLM-M0 (= PSRLM-M0) |" in report and "| M0 (3-shot) |" in report
+    assert "| PSRLM-M3 | step search |" in report and "| SRLM-M1 | step search |" not in report
+    assert m["arms"]["psrlm"]["M0"]["judge"]["shots"] == 3 and "test_time" not in m["arms"]["srlm"]["M1"]
+    for k in ("M1", "M2", "M3"):  # the test set has 8 problems, fewer than test_time.problems
+        scaled = m["arms"]["psrlm"][k]["test_time"]["synthetic"]
+        assert scaled["n"] == 8 and scaled["search"]["mean_tokens"] > 0 and 0 <= scaled["search"]["accuracy"] <= 100
+        assert scaled["greedy"]["accuracy"] == m["arms"]["psrlm"][k]["eval"]["synthetic"]["accuracy"]  # same problems
     # a second run finds every stage done and only rewrites the report
     again = finish(psr_run(root.parent, "ref"))
-    assert again.count("skipped") == 2 * 11 + 6 and "running" not in again.replace("06_report: running", "")
+    assert again.count("skipped") == 16 + 11 + 6 and "running" not in again.replace("07_report: running", "")
 
 
 def notebook_outputs(path: Path) -> str:
@@ -544,6 +586,8 @@ def test_smoke_notebooks_tell_each_stage_story_on_the_runs_own_data(reference):
                 and "(as it should" in dpo and "WRONG" not in dpo) or "no preference pairs" in dpo
         evaluation = notebook_outputs(root / arm / "M3" / "05_evaluate.ipynb")
         assert "<th>right ✓</th><th>wrong ✗</th>" in evaluation
+    scaling = notebook_outputs(root / "psrlm" / "M2" / "06_test_time_scaling.ipynb")
+    assert "search tokens / problem" in scaling and "<th>search ✓ greedy ✗</th>" in scaling
     # the stages' progress files went with their stages
     assert not list(root.rglob(".progress.json*"))
 

@@ -2,6 +2,7 @@ import pytest
 
 from psr.config import PromptParams
 from psr.prompts import TemplateError, Templates, parse_score, parse_verdict
+from psr.records import EFTRecord
 
 
 @pytest.mark.parametrize(
@@ -55,3 +56,21 @@ def test_template_override_inline_and_file(tmp_path):
 def test_template_override_with_wrong_fields_fails(bad):
     with pytest.raises(TemplateError):
         Templates.from_params(PromptParams(reasoning=bad))
+
+
+@pytest.mark.parametrize("style", ["paper", "compact"])
+def test_a_few_shot_judge_prompt_shows_worked_judgments_then_the_pair_to_judge(style):
+    t = Templates.from_params(PromptParams(style=style))
+    shots = [EFTRecord(id="e1", question="Q1?", previous_steps=[], step_a="x = 1", step_b="x = 2", verdict="A",
+                       judgment="x is 1. [[A]]"),
+             EFTRecord(id="e2", question="Q2?", previous_steps=["y = 3"], step_a="z = 5", step_b="z = 4", verdict="B",
+                       judgment="z is 4. [[B]]")]
+    prompt = t.few_shot_judge_prompt(shots, "Q?", ["a = 1"], "STEP-A", "STEP-B")
+    asked = t.judge_prompt("Q?", ["a = 1"], "STEP-A", "STEP-B")
+    pieces = [t.judge_prompt("Q1?", [], "x = 1", "x = 2"), "x is 1. [[A]]",
+              t.judge_prompt("Q2?", ["y = 3"], "z = 5", "z = 4"), "z is 4. [[B]]", asked]
+    at = [prompt.index(piece) for piece in pieces]
+    assert at == sorted(at) and prompt.endswith(asked)  # each example's judgment after it, the pair to judge last
+    assert prompt.count("[The Start of Assistant A's Next Reasoning Step]") == 3
+    assert "2 comparisons" in prompt and "Judgment 3" not in prompt  # the answer to the last one is the model's
+    assert t.few_shot_judge_prompt([], "Q?", ["a = 1"], "STEP-A", "STEP-B") == asked  # zero-shot: the judge prompt

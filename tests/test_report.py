@@ -1,6 +1,7 @@
 """metrics.json from stage summaries (one seed as the stages wrote it; several seeds aggregate only
-measurements), the verified arm's shared M1, last-minus-first per seed, the pair diagnostics, the
-report tables and figures, and the README results block generated from metrics.json."""
+measurements), the verified arm's shared M1, M0 shared by every arm, last-minus-first per seed, the
+pair diagnostics, the test-time search beside greedy decoding, the report tables and figures, and
+the README results block generated from metrics.json."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from psr.cli import main
 from psr.config import load
 from psr.io import read_json, write_json
 from psr.study.graph import plan
-from psr.study.layout import DIAGNOSTICS, PREFERENCE_STAGE, layout_for
+from psr.study.layout import DIAGNOSTICS, PREFERENCE_STAGE, TEST_TIME_STAGE, layout_for
 from psr.study.report import (
     README_BEGIN,
     README_END,
@@ -54,8 +55,16 @@ def fake_run(tmp_path, seeds, code=None):
                                "accuracy": accuracy(arm, k, seed), "mean_steps": 3.0, "mean_step_tokens": 7.0,
                                "mean_tokens": 30.0, "truncated": 0}})
                 elif stage == "03_judging":
+                    shots = {"shots": 3, "shot_ids": ["e0", "e3", "e1"]} if k == 0 else {}  # M0, few-shot
                     write_json(d / "summary.json", {"n": 50, "accuracy": 60.0 + seed, "position_consistency": 40.0,
-                                                    "parse_rate": 100.0})
+                                                    "parse_rate": 100.0, **shots})
+                elif stage == TEST_TIME_STAGE:
+                    write_json(d / "summary.json", {"synthetic": {"n": 50, "greedy": {
+                        "benchmark": "synthetic", "n": 50, "accuracy": accuracy(arm, k, seed), "mean_steps": 3.0,
+                        "mean_step_tokens": 7.0, "mean_tokens": 30.0, "truncated": 0}, "search": {
+                        "benchmark": "synthetic", "n": 50, "accuracy": accuracy(arm, k, seed) + 5.0, "mean_tokens": 900.0,
+                        "mean_candidate_tokens": 500.0, "mean_judge_tokens": 400.0, "mean_expansions": 8.0,
+                        "mean_steps": 3.0, "finished_rate": 90.0 + seed}}})
                 elif stage == "02_step_search":
                     write_json(d / "summary.json", {"questions": 10, "pairs": 20 + seed})
                     write_json(d / DIAGNOSTICS, {"n": 20 + seed, "right_over_wrong": 50.0 + seed, "both_right": 10.0,
@@ -77,8 +86,9 @@ def test_one_seed_keeps_values(tmp_path):
     assert cell["wall_s"]["05_evaluate"] == 1.5
     assert cell["dpo"]["train"] == {"gradient_accumulation_steps": 1, "inputs": {"seed": 0}, "metrics": {"train_loss": 0.6}}
     assert cell["pairs"]["right_over_wrong"] == 50.0 and "stage_key" not in cell["pairs"]
-    assert set(m["arms"]["srlm"]) == {"M1", "M2", "M3"}
+    assert set(m["arms"]["srlm"]) == {"M0", "M1", "M2", "M3"}
     assert m["code"]["commit"] == "0123456789abcdef0123"
+    assert cell["test_time"]["synthetic"]["search"]["accuracy"] == 25.0 and cell["wall_s"][TEST_TIME_STAGE] == 1.5
 
 
 def test_the_verified_arms_m1_is_psrlms_model_and_its_own_stages_are_its_own(tmp_path):
@@ -90,6 +100,55 @@ def test_the_verified_arms_m1_is_psrlms_model_and_its_own_stages_are_its_own(tmp
     assert verified["M2"]["eval"]["synthetic"]["accuracy"] == 220.0 and "judge" not in verified["M2"]
     assert "same_model_as" not in verified["M2"] and "pairs" in verified["M1"]
     assert m["gains"]["verified"]["synthetic"]["per_seed"] == [230.0 - 10.0]  # from psrlm's M1
+
+
+def test_m0_is_judged_and_evaluated_once_and_shown_for_every_arm_beside_the_loops_models(tmp_path):
+    m = collect_metrics(fake_run(tmp_path, [0]))
+    psrlm, srlm, verified = (m["arms"][a] for a in ("psrlm", "srlm", "verified"))
+    assert psrlm["M0"]["eval"]["synthetic"]["accuracy"] == 0.0 and psrlm["M0"]["judge"]["shots"] == 3
+    assert "same_model_as" not in psrlm["M0"] and set(psrlm["M0"]["wall_s"]) == {"03_judging", "05_evaluate"}
+    for other in (srlm, verified):
+        assert other["M0"]["same_model_as"] == "psrlm" and other["M0"]["wall_s"] == {}
+        assert other["M0"]["eval"] == psrlm["M0"]["eval"] and other["M0"]["judge"] == psrlm["M0"]["judge"]
+    assert "shots" not in psrlm["M1"]["judge"]  # M1 on are judged zero-shot
+    assert m["gains"]["psrlm"]["synthetic"]["from"] == "M1"  # the loop's gain starts at its first model
+    write_report(fake_run(tmp_path, [0]))
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| PSRLM-M0 | 0.0 |" in report and "| SRLM-M0 (= PSRLM-M0) | 0.0 |" in report
+    assert "| M0 (3-shot) | 60.0 | 40.0 | 100.0 | 60.0 | 40.0 | 100.0 |" in report and "| M1 | 60.0 |" in report
+    assert "| psrlm | synthetic | +20.0 | +20.0 |" in report  # M3 - M1, not M3 - M0
+
+
+def test_a_run_made_before_m0_was_evaluated_has_no_m0_row(tmp_path):
+    params = fake_run(tmp_path, [0])
+    layout = layout_for(params, 0)
+    for stage in ("03_judging", "05_evaluate"):
+        (layout.stage_dir("psrlm", 0, stage) / "summary.json").unlink()
+        layout.marker_path("psrlm", 0, stage).unlink()
+    m = write_report(params)
+    assert all("M0" not in data for data in m["arms"].values())
+    assert "-M0 |" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_test_time_table_puts_the_search_beside_greedy_decoding_on_the_same_problems(tmp_path):
+    metrics = write_report(fake_run(tmp_path, [0, 1]))
+    t = metrics["arms"]["psrlm"]["M2"]["test_time"]["synthetic"]
+    assert t["search"]["accuracy"] == {"mean": 26.0, "sd": 1.414, "per_seed": [25.0, 27.0]}
+    assert t["n"] == 50 and t["search"]["n"] == 50 and t["search"]["benchmark"] == "synthetic"  # settings stay
+    assert "test_time" not in metrics["arms"]["srlm"]["M2"] and "test_time" not in metrics["arms"]["psrlm"]["M0"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    table = report.split("(paper Table 5 layout)")[1].split("## Pair diagnostics")[0]
+    assert "| PSRLM-M2 | greedy | 21.0 ± 1.4 (50) | 30 |" in table
+    assert "| PSRLM-M2 | step search | 26.0 ± 1.4 (50) | 900 |" in table
+    assert "| SRLM-" not in table and "-M0 |" not in table
+    assert (tmp_path / "r" / "test_time_by_iteration.png").stat().st_size > 1000
+    assert "| PSRLM-M3 | step search |" in readme_block(metrics, "r/metrics.json")
+
+
+def test_a_run_without_the_test_time_search_says_so(tmp_path):
+    params = fake_run(tmp_path, [0])
+    write_report(params.replace({"test_time.problems": 0}))
+    assert "(no test-time search in this run" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_several_seeds_aggregate_measurements_and_keep_settings(tmp_path):
@@ -116,13 +175,15 @@ def test_several_seeds_aggregate_measurements_and_keep_settings(tmp_path):
     assert "| psrlm | M1 | 21.0 ± 1.0 | 51.0 ± 1.0 | 10.0 ± 0.0 | 30.0 ± 0.0 | 9.0 ± 1.0 | – | 55.0 ± 0.0 (n 40) | – |" in report
     assert "commit `0123456789ab`" in report
     assert "VERIFIED accuracy" not in report  # its one judged model is psrlm's M1
-    for fig in ("accuracy_by_iteration.png", "judge_by_iteration.png", "steps_by_iteration.png", "pairs_by_iteration.png"):
+    for fig in ("accuracy_by_iteration.png", "judge_by_iteration.png", "steps_by_iteration.png", "pairs_by_iteration.png",
+                "test_time_by_iteration.png"):
         assert (root / fig).stat().st_size > 1000
 
 
 def test_measurements_are_named_by_path():
     assert is_measurement(("eval", "gsm8k", "accuracy")) and is_measurement(("pairs", "own_scores", "accuracy"))
     assert is_measurement(("dpo", "train", "metrics", "train_loss")) and is_measurement(("wall_s", "05_evaluate"))
+    assert is_measurement(("test_time", "gsm8k", "search", "mean_tokens")) and not is_measurement(("test_time", "gsm8k", "n"))
     assert not is_measurement(("eval", "gsm8k", "n")) and not is_measurement(("dpo", "train", "inputs", "seed"))
     assert not is_measurement(("dpo", "train", "gradient_accumulation_steps")) and not is_measurement(("search", "questions"))
 

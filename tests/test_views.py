@@ -133,3 +133,20 @@ def test_right_and_wrong_side_by_side_escape_the_text():
     assert "t0: q0 &lt;b&gt;" in rows[0].split("</td>")[0] and "t2" in rows[0].split("</td>")[1]
     assert "t1" in rows[1] and rows[1].count("<td") == 2 and "Step 1: 1 &lt; 2" in rows[1]
     assert "(none)" in views.right_and_wrong([], [sample(3, False)]).data
+
+
+def test_the_test_time_views_put_greedy_and_search_side_by_side():
+    summary = {"gsm8k": {"n": 50, "greedy": {"accuracy": 40.0, "mean_tokens": 200.0},
+                         "search": {"accuracy": 46.0, "mean_tokens": 5000.0, "mean_candidate_tokens": 1200.0,
+                                    "mean_judge_tokens": 3800.0, "finished_rate": 96.0}}}
+    table = views.scaling_table(summary).data
+    assert "| gsm8k | 50 | 40.0 | 46.0 | 200 | 5000 (1200 + 3800) | 25.0× | 96.0 |" in table
+
+    def solved(i, how, correct):
+        return {"id": f"t{i}", "question": f"q{i} <b>", "output": f"Step 1: by {how} < 2", "extracted": "2",
+                "gold": "2", "correct": correct, "n_steps": 1, "tokens": 9, "stop": "final"}
+
+    page = views.search_and_greedy([{"search": solved(0, "search", True), "greedy": solved(0, "greedy", False)}], []).data
+    first = page.split("<tr>")[2].split("</td>")[0]
+    assert first.count("t0: q0 &lt;b&gt;") == 1 and first.index("by search &lt; 2") < first.index("by greedy &lt; 2")
+    assert "(none)" in page.split("<tr>")[2].split("</td>")[1]

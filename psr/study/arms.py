@@ -9,14 +9,24 @@ naming arms.
   self-judge. It is not judged on held-out step pairs (03_judging): its loop never judges, so
   the judge numbers of its models would only measure a side effect of its DPO, at the cost of
   three more judging stages in the study's time budget.
+
+M0, the model before warm-up, is the same for every arm of a seed: it is judged and evaluated
+once, in the chain of `base_arm`, and the report shows it for every arm. The test-time search
+(06) runs on the models of the arms that `scales_at_test_time`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 STEP_ARMS = ("psrlm", "verified")  # step search -> PPD pairs -> step-DPO
 STARTS_FROM = {"verified": "psrlm"}  # arm -> the arm whose M1 it starts from
 NOT_JUDGED = ("verified",)
-MODEL_STAGES = ("01_warmup_sft", "03_judging", "05_evaluate")  # a function of M_k alone
+MODEL_STAGES = ("01_warmup_sft", "03_judging", "05_evaluate", "06_test_time_scaling")  # a function of M_k alone
+# The paper's test-time scaling (Table 5) is PSRLM's: its models were taught to judge steps and
+# judged their own in training. SRLM's models were taught to score whole solutions, and the
+# verified arm's scorer was the answer key, which a test problem does not have.
+TEST_TIME_ARMS = ("psrlm",)
 
 
 def searches_steps(arm: str) -> bool:
@@ -45,3 +55,14 @@ def runs_stage(arm: str, stage: str, k: int) -> bool:
     if stage in MODEL_STAGES and shares_model(arm, k):
         return False
     return not (stage == "03_judging" and arm in NOT_JUDGED)
+
+
+def base_arm(arms: Sequence[str]) -> str:
+    """The arm whose chain judges and evaluates M0 (and whose folder holds the tiny preset's M0):
+    the first of `arms` that makes its own M1."""
+    return next(a for a in arms if a not in STARTS_FROM)
+
+
+def scales_at_test_time(arm: str) -> bool:
+    """The arm's models solve test problems with their own step search in 06 (`TEST_TIME_ARMS`)."""
+    return arm in TEST_TIME_ARMS

@@ -15,6 +15,7 @@ from psr.config import Params, load
 from psr.io import read_json
 from psr.models import set_threads
 from psr.prompts import Templates
+from psr.study.data import m0_model
 from psr.study.layout import Layout, layout_for
 
 
@@ -55,6 +56,10 @@ class Context:
 
     @property
     def model_dir(self) -> Path:
+        """M_k's folder; for M0 `psr.study.data.m0_model`'s (made on first use, if the run has
+        not made it yet)."""
+        if self.k == 0:
+            return m0_model(self.params, self.layout)
         return self.layout.model_dir(self.arm, self.k)
 
     @property

@@ -1,4 +1,4 @@
-"""The run's task data (one folder per seed, shared by every arm) and the M0 tokenizer."""
+"""The run's task data (one folder per seed, shared by every arm), the M0 tokenizer and M0 itself."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import shutil
 import time
 from pathlib import Path
 
+from psr import lineage
 from psr.config import Params
 from psr.io import read_json, read_jsonl, write_json
-from psr.models import load_tokenizer, train_tokenizer
+from psr.models import build_tiny_model, load_tokenizer, resolve_model_name, train_tokenizer
 from psr.prompts import Templates
+from psr.study.arms import base_arm
 from psr.study.layout import Layout
 from psr.tasks.data import corpus, write_task
 from psr.tasks.real import build_real_task
@@ -73,3 +75,26 @@ def m0_tokenizer(params: Params, layout: Layout):
     """The M0 tokenizer: trained with the data (tiny) or the pretrained model's own."""
     source = layout.data_dir / "tokenizer" if params.model.kind == "tiny" else params.model.name_or_path
     return load_tokenizer(source, params.model)
+
+
+def m0_model(params: Params, layout: Layout) -> Path:
+    """M0, the model before warm-up, as a folder (or a hub name) to load like any M_k.
+
+    A real preset's M0 is its base model, as the preset names it: nothing is copied. The tiny
+    preset's is the random model its warm-up starts from, made by the same call (`build_tiny_model`
+    with the M0 tokenizer and the seed) and saved once per seed, with a lineage manifest, in the
+    base arm's `M0/model/`; the warm-up builds its own copy, so M1 does not depend on this one.
+    Published atomically (`lineage.staging`): the folder is complete or absent."""
+    if params.model.kind != "tiny":
+        return Path(resolve_model_name(params.model.name_or_path))
+    out = layout.model_dir(base_arm(params.run.arms), 0)
+    inputs = {"stage": "m0", "base": "tiny-random", "data": params.digest("task", "model", "prompts"),
+              "seed": layout.seed}
+    if lineage.is_complete(out, inputs):
+        return out
+    tokenizer = m0_tokenizer(params, layout)
+    with lineage.staging(out) as tmp:
+        build_tiny_model(params.model, tokenizer, layout.seed).save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        lineage.write_manifest(tmp, stage="m0", inputs=inputs, note="the random model the warm-up starts from")
+    return out

@@ -17,6 +17,7 @@ PREFERENCE_STAGE = "02_step_search"
 EXPANSIONS = "expansions.jsonl"  # step arms: every expansion of every finished question
 SCORED = "scored.jsonl"  # SRLM: every sampled solution with its mean score
 DIAGNOSTICS = "diagnostics.json"
+TEST_TIME_STAGE = "06_test_time_scaling"  # the step search as a way to solve test problems (paper Table 5)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class Layout:
         return self.seed_dir / "data"
 
     def model_dir(self, arm: str, k: int) -> Path:
-        """`arm`'s M_k: in the folder of the arm that made it (psrlm/M1 for the verified arm's M1)."""
+        """`arm`'s M_k: in the folder of the arm that made it (psrlm/M1 for the verified arm's M1).
+        M0 is `psr.study.data.m0_model`'s to place (a tiny preset's is here, in the base arm's
+        folder; a real preset's is its base model)."""
         return self.seed_dir / model_arm(arm, k) / f"M{k}" / "model"
 
     def stage_dir(self, arm: str, k: int, stage: str) -> Path:

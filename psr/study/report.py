@@ -1,5 +1,5 @@
-"""metrics.json, the report tables (paper Table 1 / Table 3 layout), the figures of a run, and the
-README's results block.
+"""metrics.json, the report tables (paper Table 1 / Table 3 / Table 5 layout), the figures of a run,
+and the README's results block.
 
 `collect_metrics` reads only the stages' `summary.json` files, the pair diagnostics beside the
 preference stages' summaries (`psr.study.diagnose`), the done-markers (wall times) and the code
@@ -10,7 +10,9 @@ With several seeds, each *measurement* (an accuracy, a judge or pair-diagnostic 
 search or a DPO run measured, a wall time: `MEASUREMENTS`) becomes `{mean, sd, per_seed}`; every
 other value is a setting or an identifier, kept once when all seeds agree and as `{per_seed}`
 when they differ (a seed, a model path). One seed keeps the stages' values as they are.
-`gains` holds each arm's last-minus-first accuracy per seed (the verified arm's M1 is psrlm's).
+`gains` holds each arm's last-minus-first accuracy per seed (the verified arm's M1 is psrlm's),
+from M1: M0, the model before warm-up, is shown beside the loop's models (one model for every arm,
+judged and evaluated in the base arm's chain) but is not where the loop starts.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Any
 
 from psr.config import Params, load
 from psr.io import atomic_write_text, read_json, write_json
-from psr.study.arms import model_arm, shares_model
+from psr.study.arms import base_arm, model_arm, shares_model
 from psr.study.diagnose import diagnose_run
 from psr.study.graph import plan
-from psr.study.layout import DIAGNOSTICS, PREFERENCE_STAGE, SUMMARY, layout_for, run_root
+from psr.study.layout import DIAGNOSTICS, PREFERENCE_STAGE, SUMMARY, TEST_TIME_STAGE, layout_for, run_root
 
 STAGE_KEYS = {"02_step_search": "search", "03_judging": "judge", "04_step_dpo": "dpo"}
 JUDGE_FIELDS = ("accuracy", "position_consistency", "parse_rate")
@@ -36,6 +38,11 @@ SEARCH_MEASUREMENTS = (
     "judge_calls", "judge_generations", "parse_rate", "position_consistency", "candidate_tokens", "judge_tokens",
     "wall_time_s", "score_parse_rate", "mean_score", "wall_s",
 )
+TEST_TIME_MEASUREMENTS = {
+    "greedy": ("accuracy", "mean_tokens", "mean_steps", "mean_step_tokens", "truncated"),
+    "search": ("accuracy", "mean_tokens", "mean_candidate_tokens", "mean_judge_tokens", "mean_expansions",
+               "mean_steps", "finished_rate"),
+}
 # paths below an M_k cell whose numbers are measurements ("*": any key, "**": anything below)
 MEASUREMENTS: tuple[tuple[str, ...], ...] = (
     ("eval", "*", "accuracy"), ("eval", "*", "mean_steps"), ("eval", "*", "mean_step_tokens"),
@@ -45,6 +52,7 @@ MEASUREMENTS: tuple[tuple[str, ...], ...] = (
     ("dpo", "train", "memory", "*"),
     ("pairs", "**"),
     ("wall_s", "*"),
+    *(("test_time", "*", half, f) for half, fields in TEST_TIME_MEASUREMENTS.items() for f in fields),
 )
 PAIR_COLUMNS = (("right_over_wrong", "right > wrong"), ("both_right", "both right"), ("both_wrong", "both wrong"),
                 ("inverted", "wrong > right"))
@@ -56,11 +64,14 @@ README_BEGIN, README_END = "<!-- psr:results begin -->", "<!-- psr:results end -
 
 def _model_cells(params: Params, arm: str) -> list[tuple[str, int, str]]:
     """(stage, k, the arm whose folder holds it) for every summary of `arm`'s chain: its own
-    stages, and the judging and evaluation of a model it shares with another arm."""
+    stages, and the judging and evaluation of a model it shares with another arm (M0, which the
+    base arm judges and evaluates for all; the verified arm's M1)."""
     own = [(stage, k, arm) for stage, k in plan(params, arm)]
     shared = [(stage, k, model_arm(arm, k)) for stage, k in plan(params, model_arm(arm, 1))
               if stage in ("03_judging", "05_evaluate") and shares_model(arm, k)]
-    return sorted(own + shared, key=lambda t: t[1])
+    base = base_arm(params.run.arms)
+    m0 = [(stage, 0, base) for stage, k in plan(params, base) if k == 0] if arm != base else []
+    return sorted(own + shared + m0, key=lambda t: t[1])
 
 
 def _chain_metrics(params: Params, seed: int, arm: str) -> dict[str, dict]:
@@ -81,12 +92,16 @@ def _chain_metrics(params: Params, seed: int, arm: str) -> dict[str, dict]:
             m["eval"] = {b: {"accuracy": s["accuracy"], "n": s["n"], "mean_steps": s["mean_steps"],
                              "mean_step_tokens": s["mean_step_tokens"]} for b, s in summary.items()}
         elif stage == "03_judging":
-            m["judge"] = {f: summary[f] for f in JUDGE_FIELDS + ("n",) if f in summary}
+            m["judge"] = {f: summary[f] for f in JUDGE_FIELDS + ("n", "shots") if f in summary}
+        elif stage == TEST_TIME_STAGE:
+            m["test_time"] = summary
         elif stage in ("02_step_search", "04_step_dpo"):
             m[STAGE_KEYS[stage]] = {k2: v for k2, v in summary.items() if k2 != "log_history"}
         if stage == PREFERENCE_STAGE and (layout.stage_dir(arm, k, stage) / DIAGNOSTICS).exists():
             diagnostics = read_json(layout.stage_dir(arm, k, stage) / DIAGNOSTICS)
             m["pairs"] = {k2: v for k2, v in diagnostics.items() if k2 not in ("stage_key", "version")}
+    if "M0" in out and not out["M0"]["eval"] and "judge" not in out["M0"]:
+        del out["M0"]  # a run made before M0 was judged and evaluated: no empty row for it
     return out
 
 
@@ -136,11 +151,16 @@ def spread(x: Any) -> float | None:
     return x.get("sd") if isinstance(x, dict) else None
 
 
+def _loop_models(cells: dict) -> list[str]:
+    """The models the loop made, in order: M1 .. M(K+1), without M0."""
+    return sorted((m for m in cells if m != "M0"), key=lambda m: int(m[1:]))
+
+
 def _gains(chains: list[dict[str, dict]]) -> dict:
     """Per benchmark: last M_k minus M1 accuracy, per seed, with mean and sd."""
-    if not chains or not chains[0]:
+    models = _loop_models(chains[0]) if chains else []
+    if not models:
         return {}
-    models = sorted(chains[0], key=lambda m: int(m[1:]))
     first, last = models[0], models[-1]
     out = {}
     for bench in chains[0][first].get("eval", {}):
@@ -259,7 +279,7 @@ def _gains_of_cells(metrics: dict) -> dict:
     """Last minus first accuracy from one seed's cells (metrics written before `gains` existed)."""
     out: dict = {}
     for arm, data in metrics["arms"].items():
-        models = sorted(data, key=lambda m: int(m[1:]))
+        models = _loop_models(data)
         for bench, first in data[models[0]].get("eval", {}).items() if models else ():
             last = data[models[-1]].get("eval", {}).get(bench)
             if last and _number(first.get("accuracy")) and _number(last.get("accuracy")):
@@ -288,6 +308,12 @@ def _judged(data: dict) -> bool:
     return any("judge" in c and "same_model_as" not in c for c in data.values())
 
 
+def _judge_label(m: str, judged: dict) -> str:
+    """A model's row; a judge shown worked examples first says how many (M0: `m0.judge_shots`)."""
+    shots = {value(d.get(m, {}).get("judge", {}).get("shots")) for d in judged.values()} - {None, 0}
+    return f"{m} ({shots.pop():.0f}-shot)" if len(shots) == 1 else m
+
+
 def judge_table(metrics: dict) -> list[str]:
     judged = {a: d for a, d in metrics["arms"].items() if _judged(d)}
     if not judged:
@@ -295,12 +321,44 @@ def judge_table(metrics: dict) -> list[str]:
     lines = ["| Model | " + " | ".join(f"{a.upper()} accuracy | position consistency | parse rate" for a in judged) + " |",
              "|---|" + "---|---|---|" * len(judged)]
     for m in _models(metrics):
-        row = f"| {m} |"
+        row = f"| {_judge_label(m, judged)} |"
         for data in judged.values():
             j = data.get(m, {}).get("judge")
             row += f" {_fmt(j)} | {_fmt(j, 'position_consistency')} | {_fmt(j, 'parse_rate')} |"
         lines.append(row)
     return lines
+
+
+def scaling_table(metrics: dict) -> list[str]:
+    """Per model that ran the test-time search: greedy decoding and the step search on the same
+    problems, accuracy per benchmark and generated tokens per problem."""
+    rows = [(arm, m, c["test_time"]) for arm, data in metrics["arms"].items() for m, c in data.items()
+            if c.get("test_time")]
+    if not rows:
+        return ["(no test-time search in this run: `test_time.problems` is 0, or no arm judges its own steps)"]
+    rows.sort(key=lambda r: (list(metrics["arms"]).index(r[0]), int(r[1][1:])))
+    benches = sorted({b for _, _, t in rows for b in t})
+    many = len(benches) > 1
+    lines = ["| Model | decoding | " + " | ".join(f"{b} (n)" for b in benches) + (" | Avg." if many else "")
+             + " | tokens / problem |", "|---|---|" + "---|" * (len(benches) + many + 1)]
+    for arm, m, t in rows:
+        for half, name in (("greedy", "greedy"), ("search", "step search")):
+            cells = [t.get(b, {}).get(half) for b in benches]
+            accs = [_fmt(c) + (f" ({value(t[b]['n']):.0f})" if c else "") for b, c in zip(benches, cells)]
+            tokens = [value(c["mean_tokens"]) for c in cells if c and value(c.get("mean_tokens")) is not None]
+            avg = [value(c["accuracy"]) for c in cells if c and value(c.get("accuracy")) is not None]
+            lines.append(f"| {arm.upper()}-{m} | {name} | " + " | ".join(accs)
+                         + ((f" | {statistics.fmean(avg):.1f}" if avg else " | –") if many else "")
+                         + (f" | {statistics.fmean(tokens):.0f} |" if tokens else " | – |"))
+    return lines
+
+
+TEST_TIME_NOTE = (
+    "The first problems of each benchmark (`test_time.problems`; n in brackets), solved by each model with "
+    "greedy decoding and with its own step search (the search of the preference stage: `search.width` "
+    "candidates per step, every ordered pair judged by the model itself, the best continued, no pairs kept), "
+    "graded alike. Tokens / problem: generated tokens per problem (the search's candidate steps and "
+    "judgments), the mean over benchmarks.")
 
 
 def pairs_table(metrics: dict) -> list[str]:
@@ -332,6 +390,11 @@ PAIRS_NOTE = (
     "it scored higher (wins; the key's 1/0 for the verified arm; mean ratings for SRLM). Percent of n.")
 
 
+JUDGE_NOTE = ("M0 is the model before warm-up (one model for every arm: its columns agree), judged with worked "
+              "examples from the EFT training data before each pair (its row says how many); M1 on are judged "
+              "zero-shot, as the warm-up taught them.")
+
+
 def report_markdown(metrics: dict) -> str:
     seeds = metrics.get("seeds", [])
     lines = [f"# Run `{metrics['run']}`", "",
@@ -340,7 +403,10 @@ def report_markdown(metrics: dict) -> str:
              *_data_lines(metrics.get("data", {})),
              "## Accuracy (%) by iteration (paper Table 1 layout)", "", *accuracy_table(metrics), "",
              "## Last minus first model, per seed", "", *gains_table(metrics), "",
-             "## Step-wise judge on held-out step pairs (paper Table 3 layout)", "", *judge_table(metrics), "",
+             "## Step-wise judge on held-out step pairs (paper Table 3 layout)", "", JUDGE_NOTE, "",
+             *judge_table(metrics), "",
+             "## Test-time scaling: greedy decoding against the self-judged step search (paper Table 5 layout)", "",
+             TEST_TIME_NOTE, "", *scaling_table(metrics), "",
              "## Pair diagnostics (answer key)", "", PAIRS_NOTE, "", *pairs_table(metrics), "",
              "## Steps per solution / tokens per step (paper Tables 4, 7, 8)", ""]
     benches = _benches(metrics)
@@ -397,8 +463,9 @@ def figures(metrics: dict, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
         for ax, (ylabel, series) in zip(axes[0], panels):
             for label, (xs, ys, sds) in series.items():
+                dashed = "own candidates" in label or label.endswith(" greedy")  # the line a solid one is compared with
                 ax.errorbar(xs, ys, yerr=[s or 0 for s in sds] if any(sds) else None, marker="o", capsize=3,
-                            label=label, linestyle="--" if "own candidates" in label else "-")
+                            label=label, linestyle="--" if dashed else "-")
             ax.set_xlabel("model M_k")
             ax.set_ylabel(ylabel)
             ax.set_xticks(sorted({x for xs, _, _ in series.values() for x in xs}) or [1])
@@ -419,8 +486,12 @@ def figures(metrics: dict, out_dir: Path) -> list[Path]:
         pts = [(k, x) for k, x in pts if value(x) is not None]
         return [k for k, _ in pts], [value(x) for _, x in pts], [spread(x) for _, x in pts]
 
-    acc, judge, steps, quality, own = {}, {}, {}, {}, {}
+    acc, judge, steps, quality, own, scaled = {}, {}, {}, {}, {}, {}
     for arm, data in arms.items():
+        for b in sorted({b for _, v in models(data) for b in v.get("test_time") or {}}):
+            for half in ("greedy", "search"):
+                scaled[f"{arm} {b} {half}"] = series(
+                    data, lambda v: (v.get("test_time") or {}).get(b, {}).get(half, {}).get("accuracy"))
         benches = sorted({b for _, v in models(data) for b in v.get("eval", {})})
         for b in benches:
             acc[f"{arm} {b}"] = series(data, lambda v: v.get("eval", {}).get(b, {}).get("accuracy"))
@@ -437,6 +508,7 @@ def figures(metrics: dict, out_dir: Path) -> list[Path]:
     plot("judge_by_iteration.png", [("step-pair judge accuracy (%)", judge)])
     plot("steps_by_iteration.png", [("mean steps per solution", steps)])
     plot("pairs_by_iteration.png", [("pairs right > wrong (%)", quality), ("right ranked above wrong (%)", own)])
+    plot("test_time_by_iteration.png", [("accuracy on the test-time problems (%)", scaled)])
     return paths
 
 
@@ -475,7 +547,8 @@ def readme_block(metrics: dict, metrics_path: str) -> str:
         "Accuracy (%)" + (" (mean ± sd over seeds)" if len(seeds) > 1 else "") + ":", "", *accuracy_table(metrics), "",
         *gains_table(metrics), "",
         f"![accuracy by iteration]({run}/accuracy_by_iteration.png)", "",
-        "Step-wise judge on held-out step pairs (%):", "", *judge_table(metrics), "",
+        "Step-wise judge on held-out step pairs (%): " + JUDGE_NOTE, "", *judge_table(metrics), "",
+        "Test-time scaling (%): " + TEST_TIME_NOTE, "", *scaling_table(metrics), "",
         "Pair diagnostics (%): " + PAIRS_NOTE, "", *pairs_table(metrics), "",
         f"![pair diagnostics by iteration]({run}/pairs_by_iteration.png)",
     ])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from psr.config import Params, load
 from psr.io import read_json, write_json
-from psr.study.data import prepare_data
+from psr.study.data import m0_model, prepare_data
 from psr.study.graph import Task, remaining_path, run_graph, study_graph
 from psr.study.keys import STAGES, is_done, reset_if_stale, stage_key
 from psr.study.kernels import StageFailed, WarmKernels, execute_notebook
-from psr.study.layout import layout_for, run_root
+from psr.study.layout import TEST_TIME_STAGE, layout_for, run_root
 from psr.study.progress import ProgressBoard, remove_progress
 from psr.study.provenance import code_version, with_earlier
 
@@ -26,7 +26,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks"
 # multi-core machine). Generation only: its samples are the same bit for bit with any number of
 # threads (tests/test_generation.py checks it); training's float sums are not, and a stage's
 # result must not depend on what happened to run beside it.
-SPREADS = ("02_step_search", "03_judging", "05_evaluate")
+SPREADS = ("02_step_search", "03_judging", "05_evaluate", TEST_TIME_STAGE)
+REPORT = "07_report"  # after every stage: metrics.json, report.md, figures
 
 
 
@@ -53,15 +54,16 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print, 
     log(f"psr run {params_path} -> {root}  (arms: {', '.join(params.run.arms)}; seeds: {list(params.run.seeds)}; "
         f"M1 -> M{params.run.iterations + 1})")
     for seed in params.run.seeds:
-        prepare_data(params, layout_for(params, seed), log=log)
+        layout = layout_for(params, seed)
+        prepare_data(params, layout, log=log)
+        m0_model(params, layout)  # before the graph: M0's stages then share a finished folder
     kernels = WarmKernels()
     execute = functools.partial(execute_notebook, kernels=kernels)
     try:
         with board:
             run_stages(str(resolved), [], params, log=log, start=start, execute=execute, board=board)
-        report_nb = root / "06_report.ipynb"
-        execute(NOTEBOOK_DIR / "06_report.ipynb", report_nb, {"params_path": str(resolved), "overrides": []},
-                log, "06_report", start)
+        execute(NOTEBOOK_DIR / f"{REPORT}.ipynb", root / f"{REPORT}.ipynb",
+                {"params_path": str(resolved), "overrides": []}, log, REPORT, start)
     finally:
         kernels.shutdown()
     log(f"done in {time.perf_counter() - start:.0f}s: {root / 'metrics.json'}")
@@ -71,7 +73,7 @@ def run(params_path: str | Path, overrides: list[str] | None = None, log=print, 
 def run_stages(params_path: str, overrides: list[str], params: Params, *, log: Callable[[str], None],
                start: float | None = None, execute: Execute | None = None,
                board: ProgressBoard | None = None) -> None:
-    """Every stage of every chain (all but 06_report), `run.workers` at a time, longest remaining
+    """Every stage of every chain (all but the report), `run.workers` at a time, longest remaining
     path first; done ones are skipped. `execute` runs one notebook (default: papermill; tests pass
     a fake). `log` must be safe to call from several threads. `board`, if given, watches each
     running stage's progress file."""

@@ -18,11 +18,11 @@ from psr import lineage
 from psr.config import shipped_m1_dir
 from psr.answer_key import AnswerKeyScorer, task_answer_key
 from psr.engines import Generator, HFGenerator
-from psr.evaluate import evaluate
+from psr.evaluate import evaluate, evaluate_with_search
 from psr.grading import extract_answer, is_equiv
 from psr.io import append_jsonl, read_json, read_jsonl, write_json
+from psr.judge import few_shot_examples, judge_pairs_accuracy, pair_prompts, run_judge_prompts
 from psr.lineage import read_manifest
-from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import load_policy, load_tokenizer
 from psr.policy import Policy
 from psr.prompts import parse_verdict
@@ -33,7 +33,7 @@ from psr.srlm import load_pairs, srlm_pairs
 from psr.study.arms import searches_steps, shares_model, uses_answer_key
 from psr.study.context import Context
 from psr.study.data import load_records, m0_tokenizer, prepare_data
-from psr.study.layout import EXPANSIONS, PREFERENCE_STAGE, SCORED, SUMMARY
+from psr.study.layout import EXPANSIONS, PREFERENCE_STAGE, SCORED, SUMMARY, TEST_TIME_STAGE
 from psr.study.progress import ProgressWriter, progress_path
 from psr.tasks.benchmarks import BenchmarkItem, load_benchmark
 from psr.train import (shipped_m1, solution_dpo_examples, sft_examples, srlm_sft_examples, step_dpo, step_dpo_examples,
@@ -199,17 +199,31 @@ def judge_records(ctx: Context) -> tuple[Path, list[EFTRecord]]:
     return source, records[: p.eval.judge_limit] if p.eval.judge_limit else records
 
 
+def judge_shots(ctx: Context) -> list[EFTRecord]:
+    """The worked examples shown before every pair in M_k's judge prompt: for M0, which was never
+    taught the judge's format, `m0.judge_shots` EFT training records (`few_shot_examples`; the
+    paper's Table 3 judges its base model few-shot); none for M1 on, whose warm-up taught it."""
+    n = ctx.params.m0.judge_shots
+    if ctx.k != 0 or not n:
+        return []
+    return few_shot_examples(load_records(ctx.layout.data_dir, "eft", EFTRecord), n)
+
+
 def judging_stage(ctx: Context, policy: Policy | None = None) -> dict:
     """M_k as a pairwise step judge on held-out step pairs: accuracy, position consistency,
-    parse rate (the paper's Table 3 analogue). `policy`: see `preference_stage`."""
+    parse rate (the paper's Table 3 analogue); M0 with worked examples first (`judge_shots`,
+    recorded as `shots` and `shot_ids`). `policy`: see `preference_stage`."""
     p = ctx.params
     source, records = judge_records(ctx)
+    shots = judge_shots(ctx)
     with opened(ctx, policy, "03_judging") as policy:
         t0 = time.perf_counter()
         with _progress(ctx, "03_judging") as progress:
-            result = judge_pairs_accuracy(records, policy, p.judge,
+            result = judge_pairs_accuracy(records, policy, p.judge, shots=shots,
                                           on_progress=progress.begin("judge", "pairs"))
         result = dict(result, source=str(source), wall_s=round(time.perf_counter() - t0, 2))
+        if ctx.k == 0:
+            result.update(shots=len(shots), shot_ids=[r.id for r in shots])
         return _save(ctx, "03_judging", result)
 
 
@@ -290,6 +304,34 @@ def evaluate_stage(ctx: Context, policy: Policy | None = None) -> dict:
         return _save(ctx, "05_evaluate", out)
 
 
+# ----------------------------------------------------------------------------- 06 test-time scaling
+
+
+def scaling_stage(ctx: Context, policy: Policy | None = None) -> dict:
+    """M_k solving the first `test_time.problems` problems of each benchmark with its own
+    self-judged step search (paper §5.2, Table 5), beside its greedy solutions of the same
+    problems, graded alike: per benchmark `greedy` (an `EvalSummary`) and `search` (a
+    `SearchEvalSummary`), each with its generated tokens per problem. The greedy half is decoded
+    here rather than read from 05_evaluate, so this stage needs nothing but M_k. Both halves
+    append per problem, so an interrupted stage resumes. `policy`: see `preference_stage`."""
+    p = ctx.params
+    d = ctx.stage_dir(TEST_TIME_STAGE)
+    with opened(ctx, policy, TEST_TIME_STAGE) as policy:
+        out = {}
+        with _progress(ctx, TEST_TIME_STAGE) as progress:
+            for name in p.eval.benchmarks:
+                items = benchmark_items(ctx, name)[: p.test_time.problems]
+                grading = dict(answer_fallback=p.eval.answer_fallback, grading_timeout_s=p.eval.grading_timeout_s)
+                greedy = evaluate(name, items, policy, max_new_tokens=p.eval.max_new_tokens,
+                                  out_path=d / f"{name}.greedy.jsonl",
+                                  on_progress=progress.begin(f"greedy {name}", "problems"), **grading)
+                searched = evaluate_with_search(name, items, policy, p.search, p.judge, seed=ctx.seed,
+                                                out_path=d / f"{name}.search.jsonl",
+                                                on_progress=progress.begin(f"search {name}", "problems"), **grading)
+                out[name] = {"n": len(items), "greedy": greedy.to_dict(), "search": searched.to_dict()}
+        return _save(ctx, TEST_TIME_STAGE, out)
+
+
 # ----------------------------------------------------------------------------- for display
 # Cheap looks at a stage's own data for its notebook: they read what the stage wrote, or decode a
 # handful of prompts with the model the stage used; nothing here feeds a later stage.
@@ -348,11 +390,7 @@ def judged_examples(ctx: Context, n: int = 12, policy: Policy | None = None) -> 
     _, records = judge_records(ctx)
     records = records[:n]
     with opened(ctx, policy, "03_judging") as policy:
-        t = ctx.templates
-        prompts = []
-        for r in records:
-            prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_a, r.step_b)))
-            prompts.append(policy.chat(t.judge_prompt(r.question, r.previous_steps, r.step_b, r.step_a)))
+        prompts = pair_prompts(records, policy, judge_shots(ctx))
         samples = run_judge_prompts(prompts, policy.generator, ctx.params.judge, seed=0)
         rows = []
         for i, r in enumerate(records):
@@ -395,3 +433,21 @@ def right_and_wrong(ctx: Context, name: str | None = None, n: int = 2) -> tuple[
     """The first n right and the first n wrong evaluated samples of a benchmark."""
     rows = eval_rows(ctx, name)
     return [r for r in rows if r["correct"]][:n], [r for r in rows if not r["correct"]][:n]
+
+
+def scaling_pairs(ctx: Context, name: str | None = None) -> list[dict]:
+    """Per problem of a benchmark (default: the first) that the test-time stage solved both ways:
+    `greedy` and `search`, the rows it wrote for each."""
+    name = name or ctx.params.eval.benchmarks[0]
+    d = ctx.layout.stage_dir(ctx.arm, ctx.k, TEST_TIME_STAGE)
+    rows = {half: {r["id"]: r for r in read_jsonl(d / f"{name}.{half}.jsonl")} if (d / f"{name}.{half}.jsonl").exists()
+            else {} for half in ("greedy", "search")}
+    return [{"greedy": g, "search": rows["search"][i]} for i, g in rows["greedy"].items() if i in rows["search"]]
+
+
+def search_only_and_greedy_only(ctx: Context, name: str | None = None, n: int = 2) -> tuple[list[dict], list[dict]]:
+    """The first n problems the search solved and greedy decoding did not, and the first n the
+    other way round."""
+    pairs = scaling_pairs(ctx, name)
+    return ([x for x in pairs if x["search"]["correct"] and not x["greedy"]["correct"]][:n],
+            [x for x in pairs if x["greedy"]["correct"] and not x["search"]["correct"]][:n])

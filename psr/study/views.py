@@ -1,5 +1,6 @@
 """Display helpers for the notebooks: tables, training curves, examples, one question's search
-tree, a DPO example's token boundary, right and wrong solutions side by side.
+tree, a DPO example's token boundary, right and wrong solutions side by side, greedy decoding
+against the test-time search.
 
 They only format what the stages return or wrote, so the notebooks stay a short story of calls.
 """
@@ -273,11 +274,11 @@ def dpo_pair(found: dict | None) -> Markdown:
 # ----------------------------------------------------------------------------- 05: evaluation
 
 
-def _sample_html(s: dict) -> str:
-    head = html.escape(f"{s['id']}: {s['question']}")
+def _sample_html(s: dict, title: bool = True) -> str:
+    head = f"<b>{html.escape(s['id'] + ': ' + s['question'])}</b><br>" if title else ""
     facts = html.escape(f"gold {s['gold']} · answer {s.get('extracted')} · {s.get('n_steps', '?')} steps · "
-                        f"{s.get('tokens', '?')} tokens · {s.get('finish_reason', '')}")
-    return f"<b>{head}</b><br><i>{facts}</i><pre style='white-space: pre-wrap'>{html.escape(s['output'])}</pre>"
+                        f"{s.get('tokens', '?')} tokens · {s.get('finish_reason', s.get('stop', ''))}")
+    return f"{head}<i>{facts}</i><pre style='white-space: pre-wrap'>{html.escape(s['output'])}</pre>"
 
 
 def right_and_wrong(right: list[dict], wrong: list[dict]) -> HTML:
@@ -289,3 +290,39 @@ def right_and_wrong(right: list[dict], wrong: list[dict]) -> HTML:
         rows.append("<tr>" + "".join(f"<td style='vertical-align: top; text-align: left'>{c}</td>" for c in cells)
                     + "</tr>")
     return HTML("<table><tr><th>right ✓</th><th>wrong ✗</th></tr>" + "".join(rows) + "</table>")
+
+
+# ----------------------------------------------------------------------------- 06: test-time scaling
+
+
+def scaling_table(summary: dict[str, dict]) -> Markdown:
+    """Per benchmark: greedy decoding and the step search on the same problems, accuracy and
+    generated tokens per problem, and how many times the greedy tokens the search spent."""
+    if not summary:
+        return Markdown("(no problems: `test_time.problems` is 0)")
+    lines = ["| benchmark | n | greedy accuracy | search accuracy | greedy tokens / problem | "
+             "search tokens / problem (candidates + judgments) | compute | search finished (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in summary.items():
+        g, s = t["greedy"], t["search"]
+        ratio = f"{s['mean_tokens'] / g['mean_tokens']:.1f}×" if g["mean_tokens"] else "–"
+        lines.append(f"| {name} | {t['n']} | {g['accuracy']:.1f} | {s['accuracy']:.1f} | {g['mean_tokens']:.0f} | "
+                     f"{s['mean_tokens']:.0f} ({s['mean_candidate_tokens']:.0f} + {s['mean_judge_tokens']:.0f}) | "
+                     f"{ratio} | {s['finished_rate']:.1f} |")
+    return Markdown("\n".join(lines))
+
+
+def search_and_greedy(search_only: list[dict], greedy_only: list[dict]) -> HTML:
+    """Problems only one way solved, side by side: solved by the search alone on the left, by
+    greedy decoding alone on the right; each with both solutions."""
+    def both(x: dict) -> str:
+        return (f"<b>{html.escape(x['search']['id'] + ': ' + x['search']['question'])}</b><br>"
+                + "search: " + _sample_html(x["search"], title=False) + "greedy: " + _sample_html(x["greedy"], title=False))
+
+    rows = []
+    for i in range(max(len(search_only), len(greedy_only), 1)):
+        cells = [both(group[i]) if i < len(group) else ("(none)" if i == 0 else "")
+                 for group in (search_only, greedy_only)]
+        rows.append("<tr>" + "".join(f"<td style='vertical-align: top; text-align: left'>{c}</td>" for c in cells)
+                    + "</tr>")
+    return HTML("<table><tr><th>search ✓ greedy ✗</th><th>greedy ✓ search ✗</th></tr>" + "".join(rows) + "</table>")

@@ -3,7 +3,8 @@ budget and its hours, before running it.
 
 Token budget per phase, over every seed, arm and model the study makes: the step search's
 candidates and judgments (PSRLM), SRLM's solutions and scores, the judging stage (held-out step
-pairs, both orders) and the greedy evaluation. Each count comes from the preset's sizes (pools,
+pairs, both orders; M0's with worked examples), the greedy evaluation (M0 included) and the
+test-time search (06: PSRLM's models on the first `test_time.problems` of each benchmark). Each count comes from the preset's sizes (pools,
 width, benchmarks, repeats) times a mean length. The mean lengths are measured where a run of the
 study exists (`--run results/<run>`: its metrics.json and evaluation summaries), else they are
 the assumptions below, printed as such.
@@ -28,6 +29,7 @@ from psr.io import read_jsonl
 from psr.models import load_tokenizer
 from psr.prompts import Templates, chat_prompt
 from psr.records import Question
+from psr.study.arms import scales_at_test_time
 from psr.study.report import value
 from psr.tasks.benchmarks import BENCHMARKS
 
@@ -115,7 +117,8 @@ def measured_lengths(run: Path, params: Params) -> Lengths:
             judge += s["judge_tokens"]
             decoded += s["judge_generations"]
     prompt = _mean_prompt_tokens(run, params)
-    eval_tokens = [json.loads(p.read_text()) for p in run.rglob("05_evaluate/summary.json")]
+    eval_tokens = [json.loads(p.read_text()) for p in run.rglob("05_evaluate/summary.json")
+                   if p.parent.parent.name != "M0"]  # M0 writes to its cap: it was never taught to stop
     solution = [b["mean_tokens"] for summary in eval_tokens for b in summary.values() if "mean_tokens" in b]
     found: dict[str, float] = {"prompt": prompt} if prompt else {}
     if expansions:
@@ -173,10 +176,25 @@ def budget(params: Params, lengths: Lengths) -> list[Phase]:
     models = seeds * len(params.run.arms) * (K + 1)  # M1 .. M(K+1) of every arm are judged and evaluated
     pairs = params.eval.judge_limit or params.task.n_eft_test
     judged = models * 2 * pairs
-    phases.append(Phase("judging (held-out pairs)", judged, judged * (L.prompt + 3 * L.step + 150), judged * L.judge))
+    pair_prompt = L.prompt + 3 * L.step + 150
+    phases.append(Phase("judging (held-out pairs)", judged, judged * pair_prompt, judged * L.judge))
+    m0_judged = seeds * 2 * pairs  # M0 once per seed, each prompt after judge_shots worked examples
+    shots = params.m0.judge_shots
+    phases.append(Phase("M0 judging (few-shot)", m0_judged, m0_judged * (pair_prompt + shots * (pair_prompt + L.judge)),
+                        m0_judged * L.judge))
     items = sum(benchmark_size(params, b) for b in params.eval.benchmarks)
-    evaluated = models * items
+    evaluated = (models + seeds) * items  # and M0
     phases.append(Phase("evaluation", evaluated, evaluated * L.prompt, evaluated * L.solution))
+    scaling_arms = [a for a in params.run.arms if scales_at_test_time(a)]
+    if params.test_time.problems and scaling_arms:
+        problems = seeds * len(scaling_arms) * (K + 1) * sum(
+            min(benchmark_size(params, b), params.test_time.problems) for b in params.eval.benchmarks)
+        expansions = problems * L.expansions
+        judged = expansions * L.distinct_judged
+        depth = L.prompt + L.step * L.expansions / 2
+        phases.append(Phase("test-time search (06)", problems + expansions + judged,
+                            problems * L.prompt + expansions * depth + judged * (depth + 2 * L.step + 150),
+                            problems * L.solution + expansions * w * L.step + judged * L.judge))
     return phases
 
 
