@@ -86,7 +86,7 @@ def execute_notebook(src: Path, dst: Path, parameters: dict, log, tag: str, star
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.running.ipynb")
     t0 = time.perf_counter()
-    log(f"{tag}: running ({time.perf_counter() - start:.0f}s elapsed)")
+    log(f"{tag}: started, {time.perf_counter() - start:.0f}s into the run")
     try:
         extra = {"km": kernels.acquire()} if kernels is not None else {}
         pm.execute_notebook(
