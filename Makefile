@@ -34,7 +34,7 @@ $(STAMP):
 	touch $@
 
 study: setup
-	$(VENV)/bin/psr run $(PARAMS)
+	$(VENV)/bin/psr run $(PARAMS) $(RUN_ARGS)
 
 test: setup
 	$(PY) -m pytest -q -m "not download and not vllm" $(PYTEST_ARGS)
