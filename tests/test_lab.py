@@ -43,4 +43,4 @@ def test_the_registered_kernel_runs_a_notebook_on_the_default_preset(tmp_path):
     seen = json.loads(text)
     assert Path(seen["psr"]).resolve().is_relative_to(REPO / "psr")
     assert Path(seen["cwd"]).resolve() == REPO
-    assert seen["digest"] == "fa9fa83a5e73e275"  # params/tiny.yaml, as tests/test_config.py pins it
+    assert seen["digest"] == "859360814d2bd058"  # params/tiny.yaml, as tests/test_config.py pins it
