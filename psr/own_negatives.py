@@ -43,10 +43,11 @@ def right_step(record: EFTRecord) -> str:
     return record.step_a if record.verdict == "A" else record.step_b
 
 
-def chosen_indices(n: int, share: float, seed: int) -> list[int]:
-    """Which `round(share * n)` of `n` records get an on-policy negative, reproducible from `seed`."""
+def replaced_indices(usable: Sequence[int], n: int, share: float, seed: int) -> list[int]:
+    """Which records get their on-policy negative: `round(share * n)` of the `usable` ones (those
+    whose prefix drew a usable wrong step), or all of them when fewer, reproducible from `seed`."""
     rng = random.Random(f"psr-own-negatives:{seed}")
-    return sorted(rng.sample(range(n), round(share * n)))
+    return sorted(rng.sample(list(usable), min(round(share * n), len(usable))))
 
 
 def next_step_prompts(records: Sequence[EFTRecord], policy: Policy) -> list[str]:
@@ -93,16 +94,17 @@ def on_policy_record(record: EFTRecord, wrong: str) -> EFTRecord:
 def mix_own_negatives(records: Sequence[EFTRecord], policy: Policy, key: AnswerKey, sampling: Sampling, *,
                       share: float, seed: int) -> tuple[list[EFTRecord], list[EFTRecord]]:
     """(the EFT with `share` of its records given on-policy negatives, the on-policy records
-    alone). A chosen record whose prefix drew no usable wrong step stays as it was."""
+    alone). Every record's prefix is sampled; the replaced records are drawn from those with a
+    usable wrong sample, so the share holds as long as the model errs often enough (a record
+    whose prefix drew none always keeps its synthetic bad step)."""
     records = list(records)
-    chosen = chosen_indices(len(records), share, seed)
-    if not chosen:
+    if round(share * len(records)) == 0:
         return records, []
-    candidates = sample_next_steps([records[i] for i in chosen], policy, sampling, seed=seed)
+    candidates = sample_next_steps(records, policy, sampling, seed=seed)
+    wrong = {i: w for i, (r, cands) in enumerate(zip(records, candidates))
+             if (w := own_wrong_step(r, cands, key)) is not None}
     own = []
-    for i, cands in zip(chosen, candidates):
-        wrong = own_wrong_step(records[i], cands, key)
-        if wrong is not None:
-            records[i] = on_policy_record(records[i], wrong)
-            own.append(records[i])
+    for i in replaced_indices(sorted(wrong), len(records), share, seed):
+        records[i] = on_policy_record(records[i], wrong[i])
+        own.append(records[i])
     return records, own

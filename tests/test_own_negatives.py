@@ -47,6 +47,8 @@ def model(kind: str):
         right = reference_next(q, steps)
         if kind == "right":
             texts = [right] * n
+        elif kind == "first_step_only":  # errs at the first step alone
+            texts = [right] + [wrong_of(q, steps) if not steps else right] * (n - 1)
         elif kind == "early_eos":
             texts = [right + EOS_MARK if "boxed" not in right else right] + [right] * (n - 1)
         else:
@@ -85,6 +87,17 @@ def test_the_share_asked_for_gets_the_models_own_wrong_steps(run):
     assert {r.verdict for r in own} == {"A", "B"}
     # the same seed picks the same records and samples the same steps
     assert mix_own_negatives(eft, policy_of(model("mixed"), tok), KEY, SAMPLING, share=0.5, seed=0) == (mixed, own)
+
+
+def test_the_replaced_records_come_from_the_prefixes_the_model_got_wrong(run):
+    _, _, eft, tok = run
+    errs = [i for i, r in enumerate(eft) if not r.previous_steps]
+    assert 5 < len(errs) < 20  # fewer than the share asks for
+    mixed, own = mix_own_negatives(eft, policy_of(model("first_step_only"), tok), KEY, SAMPLING, share=0.5, seed=0)
+    assert [i for i, (a, b) in enumerate(zip(eft, mixed)) if a != b] == errs and len(own) == len(errs)
+    mixed, own = mix_own_negatives(eft, policy_of(model("first_step_only"), tok), KEY, SAMPLING, share=0.1, seed=0)
+    changed = [i for i, (a, b) in enumerate(zip(eft, mixed)) if a != b]
+    assert len(changed) == 4 and set(changed) <= set(errs)
 
 
 def test_a_prefix_without_a_usable_wrong_sample_keeps_its_record(run):

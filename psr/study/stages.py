@@ -24,7 +24,7 @@ from psr.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from psr.lineage import read_manifest
 from psr.judge import judge_pairs_accuracy, run_judge_prompts
 from psr.models import load_policy, load_tokenizer
-from psr.own_negatives import Sampling, chosen_indices, mix_own_negatives
+from psr.own_negatives import Sampling, mix_own_negatives
 from psr.policy import Policy
 from psr.prompts import parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
@@ -131,8 +131,7 @@ def own_negatives_phase(ctx: Context, m1a: Path, ift: list[IFTRecord], eft: list
         write_jsonl(path, own)
         examples = sft_examples(ift, mixed, ctx.templates, tokenizer)
         sources = {"own_negatives": path}
-        summary.update(eft=len(eft), asked=len(chosen_indices(len(eft), w.own_negatives_share, ctx.seed)),
-                       replaced=len(own), data=str(path))
+        summary.update(eft=len(eft), asked=round(w.own_negatives_share * len(eft)), replaced=len(own), data=str(path))
     t0 = time.perf_counter()
     with _progress(ctx, "01_warmup_sft") as progress:
         out = warmup_sft(p.replace({"warmup.max_steps": w.own_negatives_steps}), examples, ctx.model_dir,
