@@ -295,6 +295,16 @@ class WarmupParams(_Training):
     # to the preset file: an M1 whose manifest inputs equal this run's is copied instead of
     # retrained; empty (`-p warmup.shipped=`) = always train
     shipped: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
+    # on-policy EFT negatives (`psr.own_negatives`), a second warm-up phase: after the SFT above
+    # (phase 1: M0 -> M1a) M1a samples `search.width` next steps at `own_negatives_temperature` on
+    # every step-EFT record's prefix; in `own_negatives_share` of the records (drawn from those
+    # where M1a wrote a step the task's answer key calls wrong; fewer if it erred less often) that
+    # step replaces the synthetic bad step, and SFT continues from M1a for `own_negatives_steps`
+    # steps on IFT + that EFT (phase 2: M1a -> M1). The SRLM arm continues as long on its
+    # unchanged data, so both arms train equally long. 0 steps = one phase (the paper's)
+    own_negatives_steps: NonNegative = 0
+    own_negatives_share: Annotated[Number, _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")] = 0.5
+    own_negatives_temperature: Temperature = 0.7
 
 
 class SearchParams(Section):

@@ -43,4 +43,4 @@ def test_the_registered_kernel_runs_a_notebook_on_the_default_preset(tmp_path):
     seen = json.loads(text)
     assert Path(seen["psr"]).resolve().is_relative_to(REPO / "psr")
     assert Path(seen["cwd"]).resolve() == REPO
-    assert seen["digest"] == "cb032531bd668d77"  # params/tiny.yaml, as tests/test_config.py pins it
+    assert seen["digest"] == "0d5aef836f456a71"  # params/tiny.yaml, as tests/test_config.py pins it

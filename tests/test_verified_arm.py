@@ -22,7 +22,7 @@ from tests.test_architecture import modules, top_level_imports
 TINY = Path(__file__).resolve().parent.parent / "params" / "tiny.yaml"
 # the modules a self-rewarding loop runs through: search, judge, SRLM scoring, training
 LOOP_MODULES = ("psr.search", "psr.judge", "psr.srlm", "psr.train")
-KNOWS_ANSWERS = ("psr.answer_key", "psr.diagnostics", "psr.tasks")
+KNOWS_ANSWERS = ("psr.answer_key", "psr.diagnostics", "psr.own_negatives", "psr.tasks")
 
 
 def test_no_loop_module_can_import_an_answer_key():

@@ -20,10 +20,11 @@ from psr.answer_key import AnswerKeyScorer, task_answer_key
 from psr.engines import Generator, HFGenerator
 from psr.evaluate import evaluate, evaluate_with_search
 from psr.grading import extract_answer, is_equiv
-from psr.io import append_jsonl, read_json, read_jsonl, write_json
+from psr.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from psr.judge import few_shot_examples, judge_pairs_accuracy, pair_prompts, run_judge_prompts
 from psr.lineage import read_manifest
 from psr.models import load_policy, load_tokenizer
+from psr.own_negatives import Sampling, mix_own_negatives
 from psr.policy import Policy
 from psr.prompts import parse_verdict
 from psr.records import EFTRecord, IFTRecord, PPDPair, Problem, Question, SRLMEFTRecord
@@ -64,31 +65,79 @@ def _training_callbacks(ctx: Context, progress: ProgressWriter) -> list | None:
 
 
 def warmup_stage(ctx: Context) -> dict:
-    """M0 -> M1: SFT on IFT + EFT (step-pair EFT for PSRLM, solution-scoring EFT for SRLM)."""
+    """M0 -> M1: SFT on IFT + EFT (step-pair EFT for PSRLM, solution-scoring EFT for SRLM). With
+    `warmup.own_negatives_steps` > 0 that SFT is phase 1 (M0 -> M1a, in the stage's folder) and
+    phase 2 continues from M1a on IFT + EFT with on-policy negatives (`own_negatives_phase`)."""
     if shares_model(ctx.arm, 1):
         raise ValueError(f"the {ctx.arm} arm has no warm-up of its own: its M1 is {ctx.model_dir}")
     p, data = ctx.params, prepare_data(ctx.params, ctx.layout)
     tokenizer = _tokenizer(ctx)
     ift = load_records(data, "ift", IFTRecord)
+    eft = load_records(data, "eft", EFTRecord) if searches_steps(ctx.arm) else []
     if searches_steps(ctx.arm):
-        examples = sft_examples(ift, load_records(data, "eft", EFTRecord), ctx.templates, tokenizer)
+        examples = sft_examples(ift, eft, ctx.templates, tokenizer)
     else:
         examples = srlm_sft_examples(ift, load_records(data, "srlm_eft", SRLMEFTRecord), ctx.templates, tokenizer)
     base = None if p.model.kind == "tiny" else p.model.name_or_path
     shipped_dir = shipped_m1_dir(p)
     shipped = None if shipped_dir is None else shipped_m1(shipped_dir, ctx.seed, ctx.arm)
+    two_phase = p.warmup.own_negatives_steps > 0
+    first_dir = ctx.stage_dir("01_warmup_sft") / M1A if two_phase else ctx.model_dir
     t0 = time.perf_counter()
     with _progress(ctx, "01_warmup_sft") as progress:
-        out = warmup_sft(p, examples, ctx.model_dir, base=base, tokenizer=tokenizer, seed=ctx.seed,
+        out = warmup_sft(p, examples, first_dir, base=base, tokenizer=tokenizer, seed=ctx.seed,
                          callbacks=_training_callbacks(ctx, progress), shipped=shipped)
+    first = read_json(Path(out) / "manifest.json")
+    from_shipped = shipped is not None and (read_manifest(shipped) or {}).get("digest") == first["digest"]
+    phase2 = None
+    if two_phase:
+        phase2 = own_negatives_phase(ctx, Path(out), ift, eft, examples, tokenizer)
+        out = Path(phase2["model"])
     manifest = read_json(Path(out) / "manifest.json")
-    from_shipped = shipped is not None and (read_manifest(shipped) or {}).get("digest") == manifest["digest"]
     return _save(ctx, "01_warmup_sft", {
         "model": str(out), "source": f"shipped: {shipped}" if from_shipped else "trained",
         "examples": len(examples), "data": read_json(data / "manifest.json")["counts"],
+        **({"phase2": phase2} if phase2 else {}),
         "train": {k: v for k, v in manifest.items() if k != "log_history"},
         "log_history": manifest.get("log_history", []), "wall_s": round(time.perf_counter() - t0, 2),
     })
+
+
+M1A = "M1a"  # phase 1's model in a two-phase warm-up's stage folder
+OWN_NEGATIVES = "own_negatives.jsonl"  # the on-policy EFT records phase 2 trained on, for inspection
+
+
+def own_negatives_phase(ctx: Context, m1a: Path, ift: list[IFTRecord], eft: list[EFTRecord], examples: list,
+                        tokenizer) -> dict:
+    """Phase 2 of the warm-up, M1a -> M1: `warmup.own_negatives_steps` more SFT steps. A step arm
+    trains on IFT + its EFT with `own_negatives_share` of the records' bad steps replaced by M1a's
+    own wrong samples (`psr.own_negatives`; the answer key builds warm-up data here and reaches
+    no loop); the SRLM arm, which has no step EFT, on its phase-1 examples (equal training length)."""
+    p, w = ctx.params, ctx.params.warmup
+    settings = {"steps": w.own_negatives_steps, "share": w.own_negatives_share,
+                "temperature": w.own_negatives_temperature, "width": p.search.width,
+                "top_p": p.search.top_p, "max_step_tokens": p.search.max_step_tokens}
+    summary: dict = {"m1a": str(m1a), **settings}
+    sources = None
+    if searches_steps(ctx.arm) and w.own_negatives_share > 0:
+        key = task_answer_key(p.task.kind)
+        if key is None:
+            raise ValueError(f"warmup.own_negatives_steps needs an answer key; task.kind {p.task.kind!r} has none")
+        sampling = Sampling(n=p.search.width, temperature=w.own_negatives_temperature, top_p=p.search.top_p,
+                            max_new_tokens=p.search.max_step_tokens)
+        with policy_for(ctx, m1a) as policy:
+            mixed, own = mix_own_negatives(eft, policy, key, sampling, share=w.own_negatives_share, seed=ctx.seed)
+        path = ctx.stage_dir("01_warmup_sft") / OWN_NEGATIVES
+        write_jsonl(path, own)
+        examples = sft_examples(ift, mixed, ctx.templates, tokenizer)
+        sources = {"own_negatives": path}
+        summary.update(eft=len(eft), asked=round(w.own_negatives_share * len(eft)), replaced=len(own), data=str(path))
+    t0 = time.perf_counter()
+    with _progress(ctx, "01_warmup_sft") as progress:
+        out = warmup_sft(p.replace({"warmup.max_steps": w.own_negatives_steps}), examples, ctx.model_dir,
+                         base=m1a, tokenizer=tokenizer, seed=ctx.seed, sources=sources, phase2=settings,
+                         callbacks=_training_callbacks(ctx, progress))
+    return dict(summary, model=str(out), examples=len(examples), wall_s=round(time.perf_counter() - t0, 2))
 
 
 # ----------------------------------------------------------------------------- generation

@@ -32,9 +32,12 @@ def _tokenizer_hash(tokenizer) -> str:
     return lineage.sha256_json([text, tokenizer.chat_template or ""])[:16]
 
 
-def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sources=None) -> dict[str, Any]:
-    """What `warmup_sft` depends on; equal inputs mean the finished directory can be reused."""
-    return {
+def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sources=None,
+               phase2: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `warmup_sft` depends on; equal inputs mean the finished directory can be reused.
+    `phase2`: the settings of a second warm-up phase that continues from `base` (on-policy EFT
+    negatives); recorded under their own key, so a two-phase M1 never matches a one-phase one."""
+    inputs = {
         "stage": "warmup_sft",
         "base": "tiny-random" if base is None else lineage.model_identity(base),
         "tokenizer": _tokenizer_hash(tokenizer) if tokenizer is not None else None,
@@ -44,13 +47,23 @@ def sft_inputs(params: Params, examples, *, base, tokenizer=None, seed: int, sou
         "params": _warmup_digest(params),
         "seed": seed,
     }
+    if phase2 is not None:
+        inputs["phase2"] = dict(phase2)
+    return inputs
+
+
+# not part of phase 1's digest: where a copy of M1 lies (`shipped`) and the second phase's
+# settings (in `phase2` instead), so a phase 1 is a one-phase M1 of the same preset
+NOT_IN_WARMUP_DIGEST = ("shipped", "own_negatives_steps", "own_negatives_share", "own_negatives_temperature")
 
 
 def _warmup_digest(params: Params) -> str:
-    """`params.digest("model", "warmup")` without `warmup.shipped`: where a copy of M1 lies does
-    not change what M1 is, so a shipped M1 matches the run that made it."""
+    """`params.digest("model", "warmup")` without the fields of `NOT_IN_WARMUP_DIGEST`: a shipped
+    M1 matches the run that made it, and phase 1 of a two-phase warm-up is the one-phase M1 of
+    the same preset (a shipped one serves as M1a)."""
     data = params.to_dict()
-    data["warmup"].pop("shipped", None)
+    for name in NOT_IN_WARMUP_DIGEST:
+        data["warmup"].pop(name, None)
     data = {s: data[s] for s in ("model", "warmup")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -103,6 +116,7 @@ def warmup_sft(
     sources: dict[str, str | Path] | None = None,
     callbacks: list | None = None,
     shipped: str | Path | None = None,
+    phase2: dict[str, Any] | None = None,
 ) -> Path:
     """M0 -> M1: one SFT run (loss on the completion only) on prompt/completion examples.
 
@@ -112,7 +126,8 @@ def warmup_sft(
     at once when it already holds a finished model made from the same inputs. With
     `run.accelerate_config` set, training runs under `accelerate launch` (no `callbacks` then:
     they cannot cross into the launched processes). `shipped`: a model folder this warm-up made
-    before (`warmup.shipped`); when its manifest's inputs equal these, it is copied, not retrained."""
+    before (`warmup.shipped`); when its manifest's inputs equal these, it is copied, not retrained.
+    `phase2`: a second warm-up phase's settings (see `sft_inputs`); `base` is then M1a."""
     out_dir = Path(out_dir)
     if not examples:
         raise ValueError("warmup_sft: no training examples")
@@ -123,7 +138,7 @@ def warmup_sft(
             "warmup_sft: LoRA/QLoRA needs a saved base model directory (base=...); "
             "the tiny random model is trained in full (model.adapter: none)"
         )
-    inputs = sft_inputs(params, examples, base=base, tokenizer=tokenizer, seed=seed, sources=sources)
+    inputs = sft_inputs(params, examples, base=base, tokenizer=tokenizer, seed=seed, sources=sources, phase2=phase2)
     if lineage.is_complete(out_dir, inputs):
         return out_dir
     if shipped is not None:
