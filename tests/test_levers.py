@@ -30,7 +30,7 @@ def test_tables_are_rewritten_from_probes_and_runs(tmp_path):
     levers.write_tables(tmp_path)
     text = readme.read_text()
     assert "stale" not in text and "prose" in text
-    assert "| p | 0 | `warmup.max_steps=6000` | 74.0 | 100.0 / – / – / 6.3 | 73.0 | 62.0 | 5 / 7 / 26 of 38 |" in text
+    assert "| p | 0 | `warmup.max_steps=6000` | 74.0 | 100.0 / – / – / 6.3 | 73.0 | 62.0 | – | 5 / 7 / 26 of 38 |" in text
     assert "| q | 1 | `(preset)` | 1.0 |" in text and "not measured" in text
     assert "| t10 | `search.temperature=1.0` | [0, 1] | psrlm | 76.0 | 76.3 | +1.2, -0.6 | 20.0 (18.1) | 49.7 |" in text
     levers.write_tables(tmp_path)

@@ -31,7 +31,7 @@ def _num(x) -> str:
 
 def probe_table(rows: list[dict]) -> str:
     lines = ["| probe | seed | overrides | M1 acc | acc by ops (2/3/4/5) | judge acc | position consistency | "
-             "pairs (right>wrong / wrong>right / both wrong of n) |", "|---|---|---|---|---|---|---|---|"]
+             "judge on own pairs | pairs (right>wrong / wrong>right / both wrong of n) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         by_ops = " / ".join(_num(r.get("acc_by_ops", {}).get(k)) for k in ("2", "3", "4", "5"))
         pairs = r.get("pairs")
@@ -40,7 +40,7 @@ def probe_table(rows: list[dict]) -> str:
             f"{pairs.get('both_wrong', 0)} of {r.get('n_pairs', 0)}")
         over = " ".join(o for o in r.get("over", []) if not o.startswith("warmup.shipped=")) or "(preset)"
         lines.append(f"| {r['name']} | {r['seed']} | `{over}` | {_num(r.get('acc'))} | {by_ops} | {_num(r.get('judge'))} | "
-                     f"{_num(r.get('consistency'))} | {pair_cell} |")
+                     f"{_num(r.get('consistency'))} | {_num(r.get('own_pairs_judge'))} | {pair_cell} |")
     return "\n".join(lines)
 
 
