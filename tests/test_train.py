@@ -318,7 +318,8 @@ def test_nll_weight_maps_to_trl_sft_loss(data, tokenizers, tmp_path):
     trainer = build_dpo_trainer(params, model, tok, examples, tmp_path, ref_model=copy.deepcopy(model))
     assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, 0.25]
     assert trainer.beta == params.dpo.beta and trainer.args.bf16 is False
-    plain = build_dpo_trainer(data.params, _tiny_model(tok), tok, examples, tmp_path, ref_model=copy.deepcopy(model))
+    plain = build_dpo_trainer(data.params.replace({"dpo.nll_weight": 0.0}), _tiny_model(tok), tok, examples, tmp_path,
+                              ref_model=copy.deepcopy(model))
     assert plain.loss_types == ["sigmoid"]
 
 
