@@ -127,20 +127,23 @@ def _read(path: Path) -> list[EvalSample]:
     return read_jsonl(path, EvalSample) if path.exists() else []
 
 
+def _mean(xs: list[float]) -> float:
+    return round(statistics.fmean(xs), 3) if xs else 0.0
+
+
+def _accuracy(samples: list) -> float:
+    return round(100.0 * sum(s.correct for s in samples) / len(samples), 2) if samples else 0.0
+
+
 def summarise(name: str, samples: Iterable[EvalSample]) -> EvalSummary:
     samples = list(samples)
-    n = len(samples)
-
-    def mean(xs: list[float]) -> float:
-        return round(statistics.fmean(xs), 3) if xs else 0.0
-
     return EvalSummary(
         benchmark=name,
-        n=n,
-        accuracy=round(100.0 * sum(s.correct for s in samples) / n, 2) if n else 0.0,
-        mean_steps=mean([s.n_steps for s in samples]),
-        mean_step_tokens=mean([s.mean_step_tokens for s in samples if s.n_steps]),
-        mean_tokens=mean([s.tokens for s in samples]),
+        n=len(samples),
+        accuracy=_accuracy(samples),
+        mean_steps=_mean([s.n_steps for s in samples]),
+        mean_step_tokens=_mean([s.mean_step_tokens for s in samples if s.n_steps]),
+        mean_tokens=_mean([s.tokens for s in samples]),
         truncated=sum(s.finish_reason == "length" for s in samples),
     )
 
@@ -231,19 +234,14 @@ def _read_searched(path: Path) -> list[SearchSample]:
 
 def summarise_search(name: str, samples: Iterable[SearchSample]) -> SearchEvalSummary:
     samples = list(samples)
-    n = len(samples)
-
-    def mean(xs: list[float]) -> float:
-        return round(statistics.fmean(xs), 3) if xs else 0.0
-
     return SearchEvalSummary(
         benchmark=name,
-        n=n,
-        accuracy=round(100.0 * sum(s.correct for s in samples) / n, 2) if n else 0.0,
-        mean_tokens=mean([s.tokens for s in samples]),
-        mean_candidate_tokens=mean([s.counters.candidate_tokens for s in samples]),
-        mean_judge_tokens=mean([s.counters.judge_tokens for s in samples]),
-        mean_expansions=mean([s.counters.expansions for s in samples]),
-        mean_steps=mean([s.n_steps for s in samples]),
-        finished_rate=round(100.0 * sum(s.stop == "final" for s in samples) / n, 2) if n else 0.0,
+        n=len(samples),
+        accuracy=_accuracy(samples),
+        mean_tokens=_mean([s.tokens for s in samples]),
+        mean_candidate_tokens=_mean([s.counters.candidate_tokens for s in samples]),
+        mean_judge_tokens=_mean([s.counters.judge_tokens for s in samples]),
+        mean_expansions=_mean([s.counters.expansions for s in samples]),
+        mean_steps=_mean([s.n_steps for s in samples]),
+        finished_rate=round(100.0 * sum(s.stop == "final" for s in samples) / len(samples), 2) if samples else 0.0,
     )
