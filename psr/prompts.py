@@ -134,8 +134,8 @@ class Templates:
         if not shots:
             return prompt
         examples = "".join(
-            FEW_SHOT_EXAMPLE.format(i=i, prompt=self.judge_prompt(s.question, list(s.previous_steps), s.step_a, s.step_b),
-                                    judgment=s.judgment)
+            FEW_SHOT_EXAMPLE.format(
+                i=i, prompt=self.judge_prompt(s.question, list(s.previous_steps), s.step_a, s.step_b), judgment=s.judgment)
             for i, s in enumerate(shots, 1))
         return FEW_SHOT_HEAD.format(n=len(shots)) + examples + FEW_SHOT_LAST.format(i=len(shots) + 1, prompt=prompt)
 

@@ -317,7 +317,8 @@ def search_and_greedy(search_only: list[dict], greedy_only: list[dict]) -> HTML:
     greedy decoding alone on the right; each with both solutions."""
     def both(x: dict) -> str:
         return (f"<b>{html.escape(x['search']['id'] + ': ' + x['search']['question'])}</b><br>"
-                + "search: " + _sample_html(x["search"], title=False) + "greedy: " + _sample_html(x["greedy"], title=False))
+                + "search: " + _sample_html(x["search"], title=False)
+                + "greedy: " + _sample_html(x["greedy"], title=False))
 
     rows = []
     for i in range(max(len(search_only), len(greedy_only), 1)):
@@ -325,4 +326,5 @@ def search_and_greedy(search_only: list[dict], greedy_only: list[dict]) -> HTML:
                  for group in (search_only, greedy_only)]
         rows.append("<tr>" + "".join(f"<td style='vertical-align: top; text-align: left'>{c}</td>" for c in cells)
                     + "</tr>")
-    return HTML("<table><tr><th>search ✓ greedy ✗</th><th>greedy ✓ search ✗</th></tr>" + "".join(rows) + "</table>")
+    head = "<tr><th>search ✓ greedy ✗</th><th>greedy ✓ search ✗</th></tr>"
+    return HTML("<table>" + head + "".join(rows) + "</table>")

@@ -4,10 +4,10 @@ budget and its hours, before running it.
 Token budget per phase, over every seed, arm and model the study makes: the step search's
 candidates and judgments (PSRLM), SRLM's solutions and scores, the judging stage (held-out step
 pairs, both orders; M0's with worked examples), the greedy evaluation (M0 included) and the
-test-time search (06: PSRLM's models on the first `test_time.problems` of each benchmark). Each count comes from the preset's sizes (pools,
-width, benchmarks, repeats) times a mean length. The mean lengths are measured where a run of the
-study exists (`--run results/<run>`: its metrics.json and evaluation summaries), else they are
-the assumptions below, printed as such.
+test-time search (06: PSRLM's models on the first `test_time.problems` of each benchmark). Each
+count comes from the preset's sizes (pools, width, benchmarks, repeats) times a mean length. The
+mean lengths are measured where a run of the study exists (`--run results/<run>`: its
+metrics.json and evaluation summaries), else they are the assumptions below, printed as such.
 
 Hours per phase and backend = generated tokens / that backend's generated tokens per second.
 Prompt tokens are printed but not timed: the figures below are throughputs of whole generation
