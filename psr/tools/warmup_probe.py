@@ -15,14 +15,36 @@ import argparse
 import collections
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from psr.answer_key import SyntheticKey
 from psr.diagnostics import step_pair_kinds
 from psr.io import append_jsonl, read_jsonl
+from psr.policy import Policy
 from psr.study import stages
 from psr.study.context import Context
 from psr.study.data import prepare_data
+
+
+def measure(ctx: Context, also: Callable[[Policy], dict] | None = None) -> dict:
+    """What a probe records about ctx's M1: greedy accuracy (and by number of operations), the
+    step judge on held-out pairs, the pairs one search iteration makes (checked with the answer
+    key), and whatever `also` measures with the same open policy."""
+    with stages.policy_for(ctx) as policy:
+        acc = stages.evaluate_stage(ctx, policy)["synthetic"]["accuracy"]
+        judge = stages.judging_stage(ctx, policy)
+        extra = also(policy) if also else {}
+        search = stages.preference_stage(ctx, policy)
+    test = {p["id"]: p for p in read_jsonl(ctx.layout.data_dir / "test.jsonl")}
+    by_ops = collections.defaultdict(list)
+    for row in read_jsonl(ctx.layout.stage_dir("psrlm", 1, "05_evaluate") / "synthetic.jsonl"):
+        by_ops[test[row["id"]]["n_ops"]].append(row["correct"])
+    pairs = stages.preference_pairs(ctx)
+    return dict(acc=acc, acc_by_ops={k: round(100 * sum(v) / len(v), 1) for k, v in sorted(by_ops.items())},
+                judge=judge["accuracy"], consistency=judge["position_consistency"], **extra,
+                pairs=dict(collections.Counter(step_pair_kinds(pairs, SyntheticKey()))), n_pairs=len(pairs),
+                finished=search.get("finished_rate"))
 
 
 def probe(name: str, seed: int, overrides: list[str], results_dir: str = "/tmp/probes") -> dict:
@@ -34,18 +56,7 @@ def probe(name: str, seed: int, overrides: list[str], results_dir: str = "/tmp/p
     warm = stages.warmup_stage(ctx)
     out: dict = {"name": name, "seed": seed, "over": overrides, "warm_s": round(time.perf_counter() - t0),
                  "loss_final": warm["train"]["metrics"].get("train_loss_final")}
-    with stages.policy_for(ctx) as policy:
-        acc = stages.evaluate_stage(ctx, policy)["synthetic"]["accuracy"]
-        judge = stages.judging_stage(ctx, policy)
-        search = stages.preference_stage(ctx, policy)
-    test = {p["id"]: p for p in read_jsonl(ctx.layout.data_dir / "test.jsonl")}
-    by_ops = collections.defaultdict(list)
-    for row in read_jsonl(ctx.layout.stage_dir("psrlm", 1, "05_evaluate") / "synthetic.jsonl"):
-        by_ops[test[row["id"]]["n_ops"]].append(row["correct"])
-    pairs = stages.preference_pairs(ctx)
-    out.update(acc=acc, acc_by_ops={k: round(100 * sum(v) / len(v), 1) for k, v in sorted(by_ops.items())},
-               judge=judge["accuracy"], consistency=judge["position_consistency"],
-               pairs=dict(collections.Counter(step_pair_kinds(pairs, SyntheticKey()))), n_pairs=len(pairs), finished=search.get("finished_rate"))
+    out.update(measure(ctx))
     return out
 
 

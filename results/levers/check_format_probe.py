@@ -11,7 +11,6 @@ operation, is its own arithmetic right). The control is `own-ctl1k-s0` (the same
 unchanged EFT). Measured as the probes are, plus the judge on the 613 own pairs of
 `own_pairs_probe.py`. `python results/levers/check_format_probe.py` appends one line to
 `results/levers/probes.jsonl`."""
-import collections
 import json
 import re
 import shutil
@@ -19,14 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from psr.answer_key import SyntheticKey
-from psr.diagnostics import step_pair_kinds
 from psr.io import append_jsonl, read_jsonl
 from psr.judge import judge_pairs_accuracy
 from psr.records import EFTRecord, IFTRecord
 from psr.study import stages
 from psr.study.context import Context
 from psr.study.data import load_records
+from psr.tools.warmup_probe import measure
 from psr.tasks.synthetic import apply_op, boxed_value, parse_question, reference_next
 from psr.train import sft_examples, warmup_sft
 
@@ -86,20 +84,13 @@ def main() -> None:
                base=src / "psrlm" / "M1" / "model", tokenizer=tok, seed=0, phase2={"judgment": "check", "steps": 1000})
     out = {"name": name, "seed": 0, "over": ["phase 2: 1000 steps, check-format EFT judgments", "judge.max_new_tokens=96"],
            "warm_s": round(time.perf_counter() - t0)}
-    with stages.policy_for(ctx) as policy:
-        acc = stages.evaluate_stage(ctx, policy)["synthetic"]["accuracy"]
-        judge = stages.judging_stage(ctx, policy)
-        own = judge_pairs_accuracy(read_jsonl("/tmp/probes/own_pairs_test_s0.jsonl", EFTRecord), policy, ctx.params.judge)
-        stages.preference_stage(ctx, policy)
-    test = {p["id"]: p for p in read_jsonl(ctx.layout.data_dir / "test.jsonl")}
-    by_ops = collections.defaultdict(list)
-    for row in read_jsonl(ctx.layout.stage_dir("psrlm", 1, "05_evaluate") / "synthetic.jsonl"):
-        by_ops[test[row["id"]]["n_ops"]].append(row["correct"])
-    pairs = stages.preference_pairs(ctx)
-    out.update(acc=acc, acc_by_ops={k: round(100 * sum(v) / len(v), 1) for k, v in sorted(by_ops.items())},
-               judge=judge["accuracy"], consistency=judge["position_consistency"], own_pairs_judge=own["accuracy"],
-               own_pairs_parse=own.get("parse_rate"), pairs=dict(collections.Counter(step_pair_kinds(pairs, SyntheticKey()))),
-               n_pairs=len(pairs))
+    own_pairs = read_jsonl("/tmp/probes/own_pairs_test_s0.jsonl", EFTRecord)
+
+    def own(policy) -> dict:
+        r = judge_pairs_accuracy(own_pairs, policy, ctx.params.judge)
+        return {"own_pairs_judge": r["accuracy"], "own_pairs_parse": r.get("parse_rate")}
+
+    out.update(measure(ctx, also=own))
     print(json.dumps(out), flush=True)
     append_jsonl(Path("results/levers/probes.jsonl"), [out])
 
